@@ -1,0 +1,201 @@
+//! The `kqlgate` command: argument parsing, logging set-up and exit codes. The work is in the
+//! library (`kqlgate::run`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kqlgate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "kqlgate",
+    version,
+    about = "A streaming, multi-tenant query proxy for Azure Data Explorer (Kusto)"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve requests (the default).
+    Serve(ServeArgs),
+    /// Validate a config file, print a summary; exit 2 if it is invalid.
+    Check(ConfigArg),
+    /// Make or hash API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Print a new random API key (line 1) and its argon2id PHC hash (line 2).
+    New,
+    /// Read one key from stdin and print its argon2id PHC hash.
+    Hash,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Config file [default: $KQLGATE_CONFIG, then config/kqlgate.toml]
+    #[arg(
+        long,
+        env = "KQLGATE_CONFIG",
+        default_value = "config/kqlgate.toml",
+        hide_env_values = true
+    )]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Exit code for an invalid config, shared by `check` and `serve`.
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(&args),
+        Command::Key(KeyCommand::New) => key_new(),
+        Command::Key(KeyCommand::Hash) => key_hash(),
+    }
+}
+
+fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load(&args.config).map_err(|error| {
+        eprintln!("kqlgate: invalid config {}: {error}", args.config.display());
+        ExitCode::from(EXIT_INVALID_CONFIG)
+    })
+}
+
+fn check(args: &ConfigArg) -> ExitCode {
+    match load(args) {
+        Ok(config) => {
+            print!("{} is valid\n{}", args.config.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let config = match load(&args.config) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kqlgate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(kqlgate::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The HTTP and TLS crates may print connection details at debug level; they stay at info
+    // whatever RUST_LOG says, so no header (and so no credential) can reach the log.
+    for directive in [
+        "hyper=info",
+        "hyper_util=info",
+        "h2=info",
+        "reqwest=info",
+        "rustls=info",
+    ] {
+        filter = filter.add_directive(directive.parse().expect("static directive"));
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop kqlgate with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn key_new() -> ExitCode {
+    let key = kqlgate::keys::new_key();
+    print_hash_of(&key, Some(&key))
+}
+
+fn key_hash() -> ExitCode {
+    let mut line = String::new();
+    if let Err(error) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("kqlgate: cannot read the key from stdin: {error}");
+        return ExitCode::FAILURE;
+    }
+    let key = line.trim_end_matches(['\n', '\r']);
+    if key.is_empty() {
+        eprintln!("kqlgate: no key on stdin");
+        return ExitCode::FAILURE;
+    }
+    print_hash_of(key, None)
+}
+
+fn print_hash_of(key: &str, print_key_first: Option<&str>) -> ExitCode {
+    let hash = match kqlgate::keys::hash_key(key) {
+        Ok(hash) => hash,
+        Err(error) => {
+            eprintln!("kqlgate: cannot hash the key: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let written = match print_key_first {
+        Some(key) => writeln!(out, "{key}\n{hash}"),
+        None => writeln!(out, "{hash}"),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}

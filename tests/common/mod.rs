@@ -1,0 +1,219 @@
+//! Test harness: starts the real `kqlgate` binary on a config written for the test, reads its
+//! JSON log from stderr, and stops it on drop.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+
+pub const CONTOSO_DB: &str = "11111111-1111-1111-1111-111111111111";
+pub const FABRIKAM_DB: &str = "22222222-2222-2222-2222-222222222222";
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kqlgate"))
+}
+
+/// A tenant for a test config. Keys are hashed with the library's own `hash_key`.
+pub struct TenantSpec {
+    pub id: &'static str,
+    pub key: &'static str,
+    pub database: &'static str,
+    pub extra: &'static str,
+}
+
+impl TenantSpec {
+    pub fn new(id: &'static str, key: &'static str, database: &'static str) -> TenantSpec {
+        TenantSpec {
+            id,
+            key,
+            database,
+            extra: "",
+        }
+    }
+
+    pub fn with(mut self, extra: &'static str) -> TenantSpec {
+        self.extra = extra;
+        self
+    }
+
+    pub fn basic(&self) -> String {
+        basic(self.id, self.key)
+    }
+}
+
+pub fn basic(user: &str, key: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{key}"));
+    format!("Basic {encoded}")
+}
+
+pub fn config(
+    cluster_url: &str,
+    cluster_extra: &str,
+    top_extra: &str,
+    tenants: &[TenantSpec],
+) -> String {
+    let mut text = format!(
+        "{top_extra}\n[server]\nlisten = \"127.0.0.1:0\"\n\n[clusters.main]\nurl = \"{cluster_url}\"\n{cluster_extra}\n"
+    );
+    for tenant in tenants {
+        let hash = kqlgate::keys::hash_key(tenant.key).unwrap();
+        text.push_str(&format!(
+            "\n[[tenants]]\nid = \"{}\"\nkey_hashes = [\"{hash}\"]\ncluster = \"main\"\ndatabase = \"{}\"\n{}\n",
+            tenant.id, tenant.database, tenant.extra
+        ));
+    }
+    text
+}
+
+pub struct Kqlgate {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Kqlgate {
+    pub fn start(config: &str) -> Kqlgate {
+        Kqlgate::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Kqlgate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kqlgate.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&path)
+            .env_remove("KQLGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("kqlgate binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "kqlgate listening" {
+                        let _ = address_tx.send(event["address"].as_str().unwrap().to_owned());
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kqlgate did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        Kqlgate {
+            child,
+            addr: address.parse().unwrap(),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The access-log events written so far.
+    pub fn access_events(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["target"] == "kqlgate::access")
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the process so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Kqlgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that sends exactly what the test says: no automatic decompression, no retries.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+pub async fn error_body(response: reqwest::Response) -> serde_json::Value {
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["code"].is_string(),
+        "not a Kusto envelope: {body}"
+    );
+    body
+}
