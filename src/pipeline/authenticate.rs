@@ -27,7 +27,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::config::{AuthSettings, Tenant};
 use crate::error::ProxyError;
@@ -49,6 +49,8 @@ pub struct Authenticator {
     /// Random per process: the digests are useless outside it.
     digest_key: [u8; 32],
     verified: RwLock<HashMap<CredentialDigest, usize>>,
+    /// Checks in progress, by credential digest, so concurrent requests share one.
+    pending: RwLock<HashMap<CredentialDigest, Arc<OnceCell<Option<usize>>>>>,
     verification_slots: Semaphore,
     attempts_by_address: DefaultKeyedRateLimiter<IpAddr>,
     attempts_by_name: DefaultKeyedRateLimiter<u64>,
@@ -81,6 +83,7 @@ impl Authenticator {
             decoy_hash: Arc::from(vec![decoy_hash(tenants)]),
             digest_key,
             verified: RwLock::new(HashMap::new()),
+            pending: RwLock::new(HashMap::new()),
             verification_slots: Semaphore::new(settings.max_concurrent_verifications),
             attempts_by_address: RateLimiter::keyed(quota),
             attempts_by_name: RateLimiter::keyed(quota),
@@ -98,6 +101,31 @@ impl Authenticator {
         if let Some(&tenant) = self.read_cache().get(&digest) {
             return Ok(tenant);
         }
+        // Single flight: a client that opens many connections at once with a new key costs one
+        // verification (and one attempt), not one per connection.
+        let check = self.pending_check(digest);
+        let outcome = check
+            .get_or_try_init(|| self.check_uncached(credentials, client))
+            .await
+            .copied();
+        // Cache first, then forget the pending check, so no request falls between the two.
+        if let Ok(Some(index)) = outcome {
+            self.lock(&self.verified).insert(digest, index);
+        }
+        self.lock(&self.pending).remove(&digest);
+        outcome?.ok_or(ProxyError::Unauthorized)
+    }
+
+    fn pending_check(&self, digest: CredentialDigest) -> Arc<OnceCell<Option<usize>>> {
+        self.lock(&self.pending).entry(digest).or_default().clone()
+    }
+
+    /// Spends an attempt and runs argon2: the tenant index if the key is one of its keys.
+    async fn check_uncached(
+        &self,
+        credentials: BasicCredentials,
+        client: IpAddr,
+    ) -> Result<Option<usize>, ProxyError> {
         self.spend_attempt(client, &credentials.tenant_id)?;
         let tenant = self.tenant_ids.get(&credentials.tenant_id).copied();
         let hashes = match tenant {
@@ -105,13 +133,7 @@ impl Authenticator {
             None => self.decoy_hash.clone(),
         };
         let matched = self.verify(credentials.key, hashes).await?;
-        match tenant {
-            Some(index) if matched => {
-                self.write_cache().insert(digest, index);
-                Ok(index)
-            }
-            _ => Err(ProxyError::Unauthorized),
-        }
+        Ok(tenant.filter(|_| matched))
     }
 
     /// Forgets idle per-address limiter state; called periodically so the map stays small.
@@ -193,8 +215,8 @@ impl Authenticator {
         self.verified.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<CredentialDigest, usize>> {
-        self.verified.write().unwrap_or_else(|e| e.into_inner())
+    fn lock<'a, T>(&self, map: &'a RwLock<T>) -> std::sync::RwLockWriteGuard<'a, T> {
+        map.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -329,6 +351,20 @@ mod tests {
         }
         // The already-verified key is served from the cache, untouched by the throttle.
         assert_eq!(auth.authenticate(&basic("a:k"), CLIENT).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_share_one_verification() {
+        let auth = Arc::new(Authenticator::new(&settings(1), &[tenant("a", &["k"])]));
+        let requests: Vec<_> = (0..16)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.authenticate(&basic("a:k"), CLIENT).await })
+            })
+            .collect();
+        for request in requests {
+            assert_eq!(request.await.unwrap().unwrap(), 0);
+        }
     }
 
     #[tokio::test]
