@@ -2,7 +2,7 @@
 //! with nginx and a direct connection are separate (scripts/bench).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use kqlgate::pipeline::query::QueryBody;
+use kqlgate::pipeline::query::{QueryBody, Rewrite};
 
 fn body_with_csl(csl_len: usize) -> Vec<u8> {
     let csl = "StormEvents | where State == 'TEXAS' | summarize count() by EventType | "
@@ -21,7 +21,9 @@ fn parse_and_rewrite(c: &mut Criterion) {
         c.bench_function(&format!("body parse + rewrite, {name} csl"), |b| {
             b.iter(|| {
                 let query = QueryBody::parse(black_box(&body)).unwrap();
-                black_box(query.forwarded("11111111-1111-1111-1111-111111111111"))
+                black_box(
+                    query.forwarded("11111111-1111-1111-1111-111111111111", &Rewrite::default()),
+                )
             })
         });
     }

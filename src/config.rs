@@ -71,6 +71,12 @@ pub struct ClusterSection {
     /// Idle keep-alive connections kept per cluster.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
+    /// Force the request properties that keep a query inside its database.
+    #[serde(default = "default_true")]
+    pub enforce_request_properties: bool,
+    /// Prefix queries with Kusto's own `restrict access to (…)` statement.
+    #[serde(default)]
+    pub restrict_statement: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -93,6 +99,21 @@ pub struct TenantSection {
     pub rate_per_second: Option<f64>,
     pub burst: Option<u32>,
     pub max_concurrent: Option<u32>,
+    #[serde(default)]
+    pub role: RoleName,
+}
+
+/// What a tenant may do with control commands (see `kql::command_policy`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    #[default]
+    Viewer,
+    Admin,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_listen() -> String {
@@ -180,6 +201,8 @@ pub struct Cluster {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_max_idle: usize,
+    pub enforce_request_properties: bool,
+    pub restrict_statement: bool,
 }
 
 /// What the proxy presents to the cluster. Never the caller's credential.
@@ -224,6 +247,7 @@ pub struct Tenant {
     pub database_names: Vec<String>,
     pub rate: Option<RateLimit>,
     pub max_concurrent: Option<u32>,
+    pub role: crate::kql::Role,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -465,6 +489,8 @@ impl ClusterSection {
             timeout: Duration::from_secs(self.timeout_seconds),
             connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
             pool_max_idle: self.pool_max_idle,
+            enforce_request_properties: self.enforce_request_properties,
+            restrict_statement: self.restrict_statement,
         })
     }
 }
@@ -561,6 +587,10 @@ impl TenantSection {
             database_names,
             rate,
             max_concurrent: self.max_concurrent,
+            role: match self.role {
+                RoleName::Viewer => crate::kql::Role::Viewer,
+                RoleName::Admin => crate::kql::Role::Admin,
+            },
         })
     }
 }
@@ -598,11 +628,13 @@ impl Config {
                 UpstreamCredential::Bearer(_) => "bearer-env",
             };
             out.push_str(&format!(
-                "  {} {} auth={} timeout={}s\n",
+                "  {} {} auth={} timeout={}s enforce_request_properties={} restrict_statement={}\n",
                 cluster.name,
                 cluster.url,
                 auth,
-                cluster.timeout.as_secs()
+                cluster.timeout.as_secs(),
+                cluster.enforce_request_properties,
+                cluster.restrict_statement
             ));
         }
         out.push_str(&format!("tenants ({}):\n", self.tenants.len()));
@@ -615,10 +647,11 @@ impl Config {
                 .max_concurrent
                 .map_or("unlimited".to_string(), |n| n.to_string());
             out.push_str(&format!(
-                "  {} -> {}/{} keys={} aliases={} rate={} concurrent={}\n",
+                "  {} -> {}/{} role={:?} keys={} aliases={} rate={} concurrent={}\n",
                 tenant.id,
                 self.clusters[tenant.cluster].name,
                 tenant.database,
+                tenant.role,
                 tenant.key_hashes.len(),
                 tenant.database_names.len() - 1,
                 rate,
@@ -768,6 +801,26 @@ database = "11111111-1111-1111-1111-111111111111"
         assert!(
             !format!("{config:?}").contains("abc"),
             "secret leaked into Debug"
+        );
+    }
+
+    #[test]
+    fn role_and_guard_switches_have_safe_defaults() {
+        let config = parse(&config_with("", "")).unwrap();
+        assert_eq!(config.tenants[0].role, crate::kql::Role::Viewer);
+        assert!(config.clusters[0].enforce_request_properties);
+        assert!(!config.clusters[0].restrict_statement);
+        let config = parse(&config_with(
+            "role = \"admin\"",
+            "enforce_request_properties = false\nrestrict_statement = true",
+        ))
+        .unwrap();
+        assert_eq!(config.tenants[0].role, crate::kql::Role::Admin);
+        assert!(!config.clusters[0].enforce_request_properties);
+        assert!(config.clusters[0].restrict_statement);
+        assert_eq!(
+            error_path(&config_with("role = \"owner\"", "")),
+            "tenants[0].role"
         );
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod headers;
 pub mod keys;
+pub mod kql;
 pub mod pipeline;
 pub mod server;
 

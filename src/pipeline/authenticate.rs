@@ -280,6 +280,7 @@ mod tests {
             database_names: vec![],
             rate: None,
             max_concurrent: None,
+            role: Default::default(),
         }
     }
 

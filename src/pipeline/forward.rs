@@ -13,7 +13,15 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::pipeline::route::Endpoint;
 
+/// What the guard does for requests to one cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterPolicy {
+    pub enforce_request_properties: bool,
+    pub restrict_statement: bool,
+}
+
 pub struct Upstream {
+    pub policy: ClusterPolicy,
     client: reqwest::Client,
     /// The three endpoint URLs, in [`Endpoint`] order.
     urls: [reqwest::Url; 3],
@@ -51,6 +59,10 @@ impl Upstream {
             }
         };
         Ok(Upstream {
+            policy: ClusterPolicy {
+                enforce_request_properties: cluster.enforce_request_properties,
+                restrict_statement: cluster.restrict_statement,
+            },
             client,
             urls: [
                 url(Endpoint::QueryV1)?,

@@ -91,6 +91,7 @@ mod tests {
             database_names: vec![],
             rate,
             max_concurrent,
+            role: Default::default(),
         }
     }
 

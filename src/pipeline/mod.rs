@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! route → authenticate → admit (limits) → read body → read query → resolve database
-//!       → forward → respond (stream back)                       … then one access-log line
+//!       → guard → forward → respond (stream back)               … then one access-log line
 //! ```
 //!
 //! [`handle`] is the outer shell: it starts the access-log record, runs [`handle_inner`], and is
@@ -12,6 +12,7 @@
 pub mod authenticate;
 pub mod body;
 pub mod forward;
+pub mod guard;
 pub mod limit;
 pub mod query;
 pub mod respond;
@@ -83,13 +84,14 @@ where
     let query = query::QueryBody::parse(&body)?;
     let database = tenant::resolve_database(&tenant.config, query.db.as_deref())?;
     log.database = Some(database.to_owned());
-
     let upstream = gateway.upstream_for(tenant);
+    let rewrite = guard::check(&tenant.config, upstream.policy, endpoint, &query)?;
+
     let answer = upstream
         .send(
             endpoint,
             &parts.headers,
-            query.forwarded(database),
+            query.forwarded(database, &rewrite),
             &tenant.config.id,
             &log.client_request_id,
         )

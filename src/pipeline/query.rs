@@ -73,17 +73,29 @@ impl QueryBody {
         })
     }
 
-    /// The body to forward, naming `database` and carrying `csl` and `properties` as they came.
-    pub fn forwarded(&self, database: &str) -> Bytes {
+    /// `properties` exactly as it arrived (an object, or a string holding JSON).
+    pub fn properties_json(&self) -> Option<&RawValue> {
+        self.properties_json.as_deref()
+    }
+
+    /// The body to forward: `db` set to `database`, and `csl` and `properties` as they came
+    /// unless the [`Rewrite`] replaces them.
+    pub fn forwarded(&self, database: &str, rewrite: &Rewrite) -> Bytes {
         let db = serde_json::to_string(database).expect("a string always serializes");
-        let properties = self.properties_json.as_deref().map(RawValue::get);
-        let mut out = Vec::with_capacity(
-            32 + db.len() + self.csl_json.get().len() + properties.map_or(0, str::len),
-        );
+        let csl = match &rewrite.csl {
+            Some(text) => serde_json::to_string(text).expect("a string always serializes"),
+            None => self.csl_json.get().to_owned(),
+        };
+        let properties = rewrite
+            .properties_json
+            .as_deref()
+            .or(self.properties_json.as_deref().map(RawValue::get));
+        let mut out =
+            Vec::with_capacity(32 + db.len() + csl.len() + properties.map_or(0, str::len));
         out.extend_from_slice(b"{\"db\":");
         out.extend_from_slice(db.as_bytes());
         out.extend_from_slice(b",\"csl\":");
-        out.extend_from_slice(self.csl_json.get().as_bytes());
+        out.extend_from_slice(csl.as_bytes());
         if let Some(properties) = properties {
             out.extend_from_slice(b",\"properties\":");
             out.extend_from_slice(properties.as_bytes());
@@ -91,6 +103,13 @@ impl QueryBody {
         out.push(b'}');
         Bytes::from(out)
     }
+}
+
+/// What the guard changed: replacement query text and properties (serialized JSON).
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    pub csl: Option<String>,
+    pub properties_json: Option<String>,
 }
 
 fn bad(message: String) -> ProxyError {
@@ -150,7 +169,7 @@ mod tests {
         assert_eq!(body.db.as_deref(), Some("Samples"));
         assert_eq!(body.csl, "T | where x == \"é\"");
         assert_eq!(
-            body.forwarded("1111"),
+            body.forwarded("1111", &Rewrite::default()),
             r#"{"db":"1111","csl":"T | where x == \"\u00e9\"","properties":{"Options":{"servertimeout":"00:04:00"}}}"#
         );
     }
@@ -159,8 +178,22 @@ mod tests {
     fn properties_as_a_string_keep_their_form() {
         let body = parse(r#"{"db":"x","csl":"print 1","properties":"{\"Options\":{}}"}"#).unwrap();
         assert_eq!(
-            body.forwarded("g"),
+            body.forwarded("g", &Rewrite::default()),
             r#"{"db":"g","csl":"print 1","properties":"{\"Options\":{}}"}"#
+        );
+    }
+
+    #[test]
+    fn rewritten_csl_and_properties_replace_the_originals() {
+        let body =
+            parse(r#"{"db":"x","csl":"database('Samples').T","properties":{"a":1}}"#).unwrap();
+        let rewrite = Rewrite {
+            csl: Some("database(\"g\").T".into()),
+            properties_json: Some(r#"{"b":2}"#.into()),
+        };
+        assert_eq!(
+            body.forwarded("g", &rewrite),
+            r#"{"db":"g","csl":"database(\"g\").T","properties":{"b":2}}"#
         );
     }
 
@@ -211,6 +244,9 @@ mod tests {
     fn unknown_members_are_not_forwarded_and_case_is_normalised() {
         let body = parse(r#"{"DB":"a","CSL":"print 1","extra":{"db":"b"}}"#).unwrap();
         assert_eq!(body.db.as_deref(), Some("a"));
-        assert_eq!(body.forwarded("g"), r#"{"db":"g","csl":"print 1"}"#);
+        assert_eq!(
+            body.forwarded("g", &Rewrite::default()),
+            r#"{"db":"g","csl":"print 1"}"#
+        );
     }
 }

@@ -40,6 +40,7 @@ mod tests {
             ],
             rate: None,
             max_concurrent: None,
+            role: Default::default(),
         }
     }
 

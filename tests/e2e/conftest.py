@@ -16,6 +16,7 @@ of kqlgate's stderr is attached to its report.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -48,7 +49,23 @@ TENANTS = {
     "throttled-http": {"cluster": "main", "rate_per_second": 0.001, "burst": 1},
     "gzipped": {"cluster": "shim", "max_concurrent": 1},
     "bearer": {"cluster": "shim_bearer"},
+    # test_guard.py: may manage its own database (role = "admin").
+    "northwind": {"cluster": "main", "aliases": ["Northwind"], "role": "admin"},
+    # test_guard.py: on a restrict_statement cluster, behind the recording shim.
+    "restricted": {"cluster": "restricted"},
 }
+
+# What the engine is told, so that the guard's refusals can be shown to matter
+# (test_guard.py): each of these really resolves to fabrikam's database.
+# cluster("othercluster").database(<fabrikam or contoso GUID>) -> fabrikam's database.
+OTHER_CLUSTER = "othercluster"
+# macro-expand FabrikamGroup as X (X.StormEvents) -> fabrikam's StormEvents.
+ENTITY_GROUP = "FabrikamGroup"
+# Stored functions, callable from any database.
+STORED_FUNCTIONS = """\
+function TexasEvents() { StormEvents | where State == 'TEXAS' }
+function EventsIn(s:string) { StormEvents | where State == s }
+"""
 
 # Filled in as fixtures come up, read by the report hook.
 _STATE: dict[str, Path] = {}
@@ -124,12 +141,21 @@ def _duckdb_kql() -> str:
 def engine(tmp_path_factory) -> Engine:
     data_dir = tmp_path_factory.mktemp("engine")
     main_db, init = sample_data.build(data_dir, list(TENANTS))  # contoso first = main database
+    contoso, fabrikam = (sample_data.DATASETS[t].guid for t in ("contoso", "fabrikam"))
+    cluster_map = data_dir / "cluster-map.json"
+    cluster_map.write_text(json.dumps({OTHER_CLUSTER: {fabrikam: fabrikam, contoso: fabrikam}}), encoding="utf-8")
+    entity_groups = data_dir / "entity-groups.json"
+    entity_groups.write_text(json.dumps({ENTITY_GROUP: [f"database('{fabrikam}')"]}), encoding="utf-8")
+    functions = data_dir / "functions.kql"
+    functions.write_text(STORED_FUNCTIONS, encoding="utf-8")
     port = free_port()
     log = data_dir / "duckdb-kql.log"
     _STATE["duckdb-kql serve output"] = log
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [_duckdb_kql(), "serve", str(main_db), "--init", str(init), "-p", str(port)],
+            [_duckdb_kql(), "serve", str(main_db), "--init", str(init), "-p", str(port),
+             "--cluster-map", str(cluster_map), "--entity-groups", str(entity_groups),
+             "--functions", str(functions)],
             stdout=out, stderr=subprocess.STDOUT, cwd=data_dir,
         )
     url = f"http://127.0.0.1:{port}"
@@ -237,17 +263,29 @@ def write_config(path: Path, listen: str, engine_url: str, shim_url: str,
         f"url = {_toml_str(engine_url)}",
         'auth = "none"',
         "timeout_seconds = 60",
+        "# the local engine refuses some of the forced request options; the guard holds alone",
+        "enforce_request_properties = false",
         "",
         "[clusters.shim]",
         f"url = {_toml_str(shim_url)}",
         'auth = "none"',
         "timeout_seconds = 60",
+        "enforce_request_properties = false",
         "",
         "[clusters.shim_bearer]",
         f"url = {_toml_str(shim_url)}",
         'auth = "bearer-env"',
         f"token_env = {_toml_str(UPSTREAM_TOKEN_ENV)}",
         "timeout_seconds = 60",
+        "enforce_request_properties = false",
+        "",
+        "# Kusto's own `restrict access to` prefix on every query; behind the shim, which records it.",
+        "[clusters.restricted]",
+        f"url = {_toml_str(shim_url)}",
+        'auth = "none"',
+        "timeout_seconds = 60",
+        "enforce_request_properties = false",
+        "restrict_statement = true",
         "",
     ]
     for tenant, settings in TENANTS.items():
@@ -263,6 +301,8 @@ def write_config(path: Path, listen: str, engine_url: str, shim_url: str,
         for opt in ("rate_per_second", "burst", "max_concurrent"):
             if opt in settings:
                 lines.append(f"{opt} = {settings[opt]!r}")
+        if "role" in settings:
+            lines.append(f"role = {_toml_str(settings['role'])}")
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 

@@ -88,6 +88,11 @@ DATASETS: dict[str, Dataset] = {
                                   ("2009-01-04 00:00:00", "ARIZONA", "Heat", 1, 4)])),
         Dataset("bearer", "66666666-6666-6666-6666-666666666666",
                 _rows("bearer", [("2009-01-05 00:00:00", "ALASKA", "Avalanche", 0, 5)])),
+        # test_guard.py: an admin tenant, and a tenant on a restrict_statement cluster.
+        Dataset("northwind", "77777777-7777-7777-7777-777777777777",
+                _rows("northwind", [("2010-01-01 00:00:00", "MONTANA", "Cold", 0, 6)])),
+        Dataset("restricted", "88888888-8888-8888-8888-888888888888",
+                _rows("restricted", [("2010-01-02 00:00:00", "WYOMING", "Wind", 0, 7)])),
     )
 }
 

@@ -147,8 +147,8 @@ def test_gzip_from_upstream_reaches_sdk(gateway):
     stream = client.execute_streaming_query(db, "StormEvents | project State")
     got = {row["State"] for table in stream.iter_primary_results() for row in table}
     assert got == states("gzipped")
-    mgmt = client.execute_mgmt(db, ".show version")
-    assert len(list(mgmt.primary_results[0])) == 1
+    mgmt = client.execute_mgmt(db, ".show tables")
+    assert "StormEvents" in {r["TableName"] for r in mgmt.primary_results[0]}
 
 
 def states_rows(tenant):

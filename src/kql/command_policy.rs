@@ -1,0 +1,318 @@
+//! The command policy: control commands (`.verb …`) on `/v1/rest/mgmt`, and `.show` on the query
+//! endpoints. Each allowed command is parsed far enough to know its verb, its object and every
+//! database and table it names; anything not recognised is refused.
+//!
+//! | role | commands |
+//! |---|---|
+//! | viewer | `.show tables`, `.show table T …`, `.show database [own] schema …`, `.show database own policy …`, `.show functions`, `.show function F`, `.show materialized-views` |
+//! | admin | also `.alter`/`.alter-merge table T policy caching\|retention …`, `.alter`/`.alter-merge database own policy caching\|retention …`, `.create`/`.create-merge`/`.alter table T (…)`, `.drop table T`, `.create-or-alter function …` (its body goes through the query policy) |
+//! | nobody | everything else: cluster scope, other databases, principals and roles, `.show databases`, `.show queries`, `.show commands`, `.show journal`, `.show cluster …`, `.cancel query`, ingestion, export |
+//!
+//! A `.show` command may be followed by `| query`, which goes through the query policy.
+//! A database named in a command must be the tenant's own; an alias is rewritten to the GUID.
+
+use super::lexer::TokenKind;
+use super::{query_policy, Edit, Refusal, Role, Scope, Source};
+
+/// Why commands outside the allow-list are refused: everything runs as one identity.
+const NOT_ALLOWED: &str =
+    "is not allowed through kqlgate (it reaches beyond this tenant's database)";
+
+pub fn check(source: &Source, scope: &Scope, role: Role) -> Result<Vec<Edit>, Refusal> {
+    let (verb, mut at) = hyphenated(source, 1);
+    let verb = verb.ok_or_else(|| source.refuse(0, ".".into(), "must be followed by a command"))?;
+    let mut parser = Command {
+        source,
+        scope,
+        edits: Vec::new(),
+    };
+    let (object, next) = hyphenated(source, at);
+    let object = object.unwrap_or_default();
+    at = next;
+    let named = format!(".{verb} {object}");
+    let admin_only = |p: &Command| {
+        if role == Role::Admin {
+            Ok(())
+        } else {
+            Err(p.source.refuse(0, named.clone(), "requires the admin role"))
+        }
+    };
+    let rest = match (verb.as_str(), object.as_str()) {
+        ("show", "tables") => parser.names_list(at),
+        ("show", "table") => parser.show_table(at),
+        ("show", "database") => parser.show_database(at),
+        ("show", "functions" | "materialized-views") => Ok(at),
+        ("show", "function") => parser.table_name(at),
+        ("alter" | "alter-merge", "table") => {
+            admin_only(&parser)?;
+            parser.alter_table(at, verb == "alter")
+        }
+        ("alter" | "alter-merge", "database") => {
+            admin_only(&parser)?;
+            parser.alter_database(at)
+        }
+        ("create" | "create-merge", "table") => {
+            admin_only(&parser)?;
+            parser.table_with_schema(at)
+        }
+        ("drop", "table") => {
+            admin_only(&parser)?;
+            parser.table_name(at)
+        }
+        ("create-or-alter", "function") => {
+            admin_only(&parser)?;
+            // The body is a query: it is checked below like any other query text.
+            return parser.function_definition(at);
+        }
+        _ => Err(source.refuse(0, parser.excerpt_to(at), NOT_ALLOWED)),
+    }?;
+    parser.tail(rest, verb == "show")?;
+    Ok(parser.edits)
+}
+
+/// A word made of identifiers joined by touching hyphens (`create-or-alter`,
+/// `materialized-views`), lower-cased, and the index after it.
+fn hyphenated(source: &Source, mut at: usize) -> (Option<String>, usize) {
+    let Some(TokenKind::Ident {
+        name,
+        bracketed: false,
+    }) = source.kind(at)
+    else {
+        return (None, at);
+    };
+    let mut word = name.to_lowercase();
+    while source.adjacent(at) && source.is_punct(at + 1, '-') && source.adjacent(at + 1) {
+        match source.kind(at + 2) {
+            Some(TokenKind::Ident {
+                name,
+                bracketed: false,
+            }) => {
+                word.push('-');
+                word.push_str(&name.to_lowercase());
+                at += 2;
+            }
+            _ => break,
+        }
+    }
+    (Some(word), at + 1)
+}
+
+struct Command<'s, 'a> {
+    source: &'s Source<'a>,
+    scope: &'s Scope<'s>,
+    edits: Vec<Edit>,
+}
+
+impl Command<'_, '_> {
+    fn refuse(&self, at: usize, reason: &str) -> Refusal {
+        self.source.refuse(0, self.excerpt_to(at), reason)
+    }
+
+    fn excerpt_to(&self, at: usize) -> String {
+        let last = at.min(self.source.tokens.len().saturating_sub(1));
+        self.source.excerpt(0, last)
+    }
+
+    fn is_name(&self, at: usize) -> bool {
+        matches!(self.source.kind(at), Some(TokenKind::Ident { .. }))
+    }
+
+    /// A database name the command gives explicitly: the tenant's own, rewritten to the GUID.
+    fn own_database(&mut self, at: usize) -> Result<usize, Refusal> {
+        let value = match self.source.kind(at) {
+            Some(TokenKind::Ident { name, .. }) => name.clone(),
+            Some(TokenKind::Str { value }) => value.clone(),
+            _ => return Err(self.refuse(at, "must name a database")),
+        };
+        if !self.scope.owns(&value) {
+            return Err(self.source.refuse(
+                at,
+                format!("database {:?}", super::shorten(&value)),
+                "names a database outside this tenant",
+            ));
+        }
+        if !value.eq_ignore_ascii_case(self.scope.database) {
+            self.edits.push(Edit {
+                span: self.source.tokens[at].span.clone(),
+                replacement: format!("[\"{}\"]", self.scope.database),
+            });
+        }
+        Ok(at + 1)
+    }
+
+    /// A table (or function) name, optionally qualified by the tenant's own database.
+    fn table_name(&mut self, at: usize) -> Result<usize, Refusal> {
+        if self.source.is_punct(at, '*') {
+            return Ok(at + 1);
+        }
+        if !self.is_name(at) {
+            return Err(self.refuse(at, "must name a table or function"));
+        }
+        if self.source.is_punct(at + 1, '.') {
+            self.own_database(at)?;
+            if !self.is_name(at + 2) || self.source.is_punct(at + 3, '.') {
+                return Err(self.refuse(at + 2, "names an entity outside this tenant's database"));
+            }
+            return Ok(at + 3);
+        }
+        Ok(at + 1)
+    }
+
+    /// `.show tables`, optionally `(T1, T2)`.
+    fn names_list(&mut self, mut at: usize) -> Result<usize, Refusal> {
+        if !self.source.is_punct(at, '(') {
+            return Ok(at);
+        }
+        at += 1;
+        loop {
+            at = self.table_name(at)?;
+            if self.source.is_punct(at, ',') {
+                at += 1;
+            } else if self.source.is_punct(at, ')') {
+                return Ok(at + 1);
+            } else {
+                return Err(self.refuse(at, "has a malformed table list"));
+            }
+        }
+    }
+
+    /// `.show table T …`: schema, details, extents, policies of one table.
+    fn show_table(&mut self, at: usize) -> Result<usize, Refusal> {
+        self.table_name(at)
+    }
+
+    /// `.show database [own] schema …` or `.show database own policy …`.
+    fn show_database(&mut self, mut at: usize) -> Result<usize, Refusal> {
+        let keyword = |c: &Self, i: usize| {
+            matches!(
+                c.source.kind(i),
+                Some(TokenKind::Ident { name, bracketed: false })
+                    if matches!(name.to_lowercase().as_str(), "schema" | "policy" | "cslschema")
+            )
+        };
+        if !keyword(self, at) {
+            at = self.own_database(at)?;
+        }
+        if keyword(self, at) {
+            Ok(at + 1)
+        } else {
+            Err(self.refuse(at, NOT_ALLOWED))
+        }
+    }
+
+    /// `.alter[-merge] table T policy caching|retention …`, or (`.alter` only) `T (schema)`.
+    fn alter_table(&mut self, at: usize, schema_allowed: bool) -> Result<usize, Refusal> {
+        let at = self.table_name(at)?;
+        if self.source.is_punct(at, '(') && schema_allowed {
+            return self.schema(at);
+        }
+        self.policy(at)
+    }
+
+    /// `.alter[-merge] database own policy caching|retention …`.
+    fn alter_database(&mut self, at: usize) -> Result<usize, Refusal> {
+        let at = self.own_database(at)?;
+        self.policy(at)
+    }
+
+    fn policy(&self, at: usize) -> Result<usize, Refusal> {
+        let kind = self.source.ident(at + 1).unwrap_or_default();
+        if self.source.is_ident(at, "policy") && matches!(kind.as_str(), "caching" | "retention") {
+            Ok(at + 2)
+        } else {
+            Err(self.refuse(at + 1, "may change only the caching and retention policies"))
+        }
+    }
+
+    /// `.create[-merge] table T (col:type, …)`.
+    fn table_with_schema(&mut self, at: usize) -> Result<usize, Refusal> {
+        let at = self.table_name(at)?;
+        self.schema(at)
+    }
+
+    /// `(name:type, …)`: names, types, colons and commas only.
+    fn schema(&self, at: usize) -> Result<usize, Refusal> {
+        if !self.source.is_punct(at, '(') {
+            return Err(self.refuse(at, "must give the table's columns as (name:type, …)"));
+        }
+        let mut i = at + 1;
+        while let Some(kind) = self.source.kind(i) {
+            match kind {
+                TokenKind::Punct(')') => return Ok(i + 1),
+                TokenKind::Ident { .. } | TokenKind::Punct(':' | ',') => i += 1,
+                _ => return Err(self.refuse(i, "has a malformed column list")),
+            }
+        }
+        Err(self.refuse(i, "has an unclosed column list"))
+    }
+
+    /// `.create-or-alter function [with (…)] F(params) { body }`: the whole remainder,
+    /// parameters and body, goes through the query policy.
+    fn function_definition(mut self, at: usize) -> Result<Vec<Edit>, Refusal> {
+        let end = self.source.tokens.len();
+        if !(at..end).any(|i| self.source.is_punct(i, '{')) {
+            return Err(self.refuse(at, "must define a function body { … }"));
+        }
+        let body = (at..end)
+            .find(|&i| self.source.is_punct(i, '{'))
+            .unwrap_or(end);
+        if let Some(dot) = (at..body).find(|&i| self.source.is_punct(i, '.')) {
+            return Err(self.refuse(dot, "names an entity outside this tenant's database"));
+        }
+        self.edits
+            .extend(query_policy::check(self.source, at..end, self.scope)?);
+        Ok(self.edits)
+    }
+
+    /// What follows the parsed part: plain words and values (`details`, `as json`,
+    /// `hot = 5d`, a JSON policy string), or for `.show`, `| query`. No query input (`<|`),
+    /// no further names of databases or clusters.
+    fn tail(&mut self, at: usize, show: bool) -> Result<(), Refusal> {
+        let end = self.source.tokens.len();
+        let mut i = at;
+        while i < end {
+            if self.source.is_ident(i, "with") && self.source.is_punct(i + 1, '(') {
+                i = self.with_options(i + 2)?;
+                continue;
+            }
+            match self.source.kind(i) {
+                Some(TokenKind::Punct('|'))
+                    if show && !self.source.is_punct(i.wrapping_sub(1), '<') =>
+                {
+                    let edits = query_policy::check(self.source, i + 1..end, self.scope)?;
+                    self.edits.extend(edits);
+                    return Ok(());
+                }
+                Some(TokenKind::Punct('<')) if self.source.is_punct(i + 1, '|') => {
+                    return Err(self.refuse(i, "may not take a query as input (`<|`)"))
+                }
+                Some(TokenKind::Punct('.' | '(' | ')' | '[' | ']' | '{' | '}' | ';')) => {
+                    return Err(self.refuse(i, NOT_ALLOWED))
+                }
+                Some(TokenKind::Ident { name, .. })
+                    if matches!(name.to_lowercase().as_str(), "database" | "cluster") =>
+                {
+                    return Err(self.refuse(i, NOT_ALLOWED))
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// `with (name = value, …)` options: names, literals, numbers, `=` and `,` only.
+    fn with_options(&self, mut i: usize) -> Result<usize, Refusal> {
+        while let Some(kind) = self.source.kind(i) {
+            match kind {
+                TokenKind::Punct(')') => return Ok(i + 1),
+                TokenKind::Ident { .. }
+                | TokenKind::Str { .. }
+                | TokenKind::Number
+                | TokenKind::Punct('=' | ',') => i += 1,
+                _ => return Err(self.refuse(i, "has a malformed with (…) clause")),
+            }
+        }
+        Err(self.refuse(i, "has an unclosed with (…) clause"))
+    }
+}

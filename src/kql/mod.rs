@@ -1,0 +1,266 @@
+//! The tenant-isolation guard: KQL text in, a verdict out. No HTTP here.
+//!
+//! Every tenant reaches the cluster as the proxy's one identity, so pinning the request's `db` is
+//! not isolation: KQL can name another database, another cluster or the outside world from inside
+//! the query text. The guard lexes the text exactly (see [`lexer`]) and applies a deny-by-default
+//! policy to what it finds:
+//! - [`query_policy`] for queries: `database(…)` only with a literal naming the tenant's own
+//!   database (aliases rewritten to the GUID), and no `cluster()`, `alias database`,
+//!   `externaldata`, `external_table()`, stored entity groups, unlisted plugins or `set` options;
+//! - [`command_policy`] for control commands (`.show …` on any endpoint, everything on mgmt):
+//!   each allowed command is parsed far enough to know every database and table it names.
+//!
+//! A refusal names the construct and its line and column, so the user can fix the query.
+
+pub mod command_policy;
+pub mod lexer;
+pub mod query_policy;
+
+use std::fmt;
+use std::ops::Range;
+
+use lexer::{Token, TokenKind};
+
+/// What a tenant may do with control commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Schema and metadata of its own database.
+    #[default]
+    Viewer,
+    /// Also the table and policy management the platform team delegates.
+    Admin,
+}
+
+/// The databases a tenant owns: the GUID forwarded to the cluster, and every name for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub database: &'a str,
+    /// Lower-cased: the GUID and each alias.
+    pub database_names: &'a [String],
+}
+
+impl Scope<'_> {
+    pub fn owns(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.database_names.contains(&name)
+    }
+}
+
+/// Why a text was refused, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The construct as written (shortened), e.g. `database("other")`.
+    pub construct: String,
+    /// What is wrong with it, e.g. "names a database outside this tenant".
+    pub reason: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} at {}:{}",
+            self.construct, self.reason, self.line, self.column
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    Query,
+    Command,
+}
+
+/// An accepted text, and the text to forward when the guard rewrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub kind: TextKind,
+    pub rewritten: Option<String>,
+}
+
+/// Options of the guard that come from the cluster's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Prefix queries with Kusto's own `restrict access to (…)` naming the tenant's database.
+    pub restrict_statement: bool,
+}
+
+/// Checks `text` for a tenant with `scope` and `role`.
+pub fn guard(text: &str, scope: &Scope, role: Role, options: Options) -> Result<Verdict, Refusal> {
+    if let Some(offset) = tsql_start(text) {
+        return Err(refusal_at(
+            text,
+            offset,
+            "T-SQL",
+            "is not accepted (text starting with `--` is T-SQL to Kusto); send KQL",
+        ));
+    }
+    let tokens = lexer::lex(text).map_err(|e| {
+        refusal_at(
+            text,
+            e.offset,
+            "query text",
+            &format!("cannot be read with certainty: {}", e.message),
+        )
+    })?;
+    if let Some(directive) = tokens.iter().find(|t| t.kind == TokenKind::Directive) {
+        return Err(refusal_at(
+            text,
+            directive.span.start,
+            "`#` directive",
+            "is not accepted",
+        ));
+    }
+    let tokens: Vec<Token> = tokens
+        .into_iter()
+        .filter(|t| t.kind != TokenKind::Comment)
+        .collect();
+    let source = Source {
+        text,
+        tokens: &tokens,
+    };
+    let is_command = matches!(tokens.first(), Some(t) if t.kind == TokenKind::Punct('.'));
+    let (kind, mut edits) = if is_command {
+        (
+            TextKind::Command,
+            command_policy::check(&source, scope, role)?,
+        )
+    } else {
+        (
+            TextKind::Query,
+            query_policy::check(&source, 0..tokens.len(), scope)?,
+        )
+    };
+    if kind == TextKind::Query && options.restrict_statement {
+        let at = query_policy::restrict_insertion_point(&source);
+        edits.push(Edit {
+            span: at..at,
+            replacement: format!("restrict access to (database(\"{}\").*);\n", scope.database),
+        });
+    }
+    Ok(Verdict {
+        kind,
+        rewritten: apply(text, edits),
+    })
+}
+
+/// Kusto takes a text whose first line starts with `--` as T-SQL.
+fn tsql_start(text: &str) -> Option<usize> {
+    let trimmed = text.trim_start();
+    trimmed
+        .starts_with("--")
+        .then(|| text.len() - trimmed.len())
+}
+
+/// The lexed text, shared by both policies.
+pub struct Source<'a> {
+    pub text: &'a str,
+    /// Significant tokens: comments are dropped, directives refused before.
+    pub tokens: &'a [Token],
+}
+
+impl Source<'_> {
+    pub fn kind(&self, index: usize) -> Option<&TokenKind> {
+        self.tokens.get(index).map(|t| &t.kind)
+    }
+
+    pub fn is_punct(&self, index: usize, c: char) -> bool {
+        self.kind(index) == Some(&TokenKind::Punct(c))
+    }
+
+    /// The identifier at `index`, lower-cased, plain or bracketed.
+    pub fn ident(&self, index: usize) -> Option<String> {
+        match self.kind(index)? {
+            TokenKind::Ident { name, .. } => Some(name.to_lowercase()),
+            _ => None,
+        }
+    }
+
+    pub fn is_ident(&self, index: usize, word: &str) -> bool {
+        self.ident(index).is_some_and(|name| name == word)
+    }
+
+    /// Whether tokens `index` and `index + 1` touch, with nothing between them.
+    pub fn adjacent(&self, index: usize) -> bool {
+        match (self.tokens.get(index), self.tokens.get(index + 1)) {
+            (Some(a), Some(b)) => a.span.end == b.span.start,
+            _ => false,
+        }
+    }
+
+    /// The string literals starting at `index`, joined as Kusto joins adjacent literals;
+    /// returns the value and the index after the last literal.
+    pub fn literals(&self, mut index: usize) -> Option<(String, usize)> {
+        let mut value = String::new();
+        let start = index;
+        while let Some(TokenKind::Str { value: part }) = self.kind(index) {
+            value.push_str(part);
+            index += 1;
+        }
+        (index > start).then_some((value, index))
+    }
+
+    /// The source text from token `from` to token `to` (inclusive), shortened for messages.
+    pub fn excerpt(&self, from: usize, to: usize) -> String {
+        let (Some(first), Some(last)) = (self.tokens.get(from), self.tokens.get(to)) else {
+            return String::new();
+        };
+        shorten(&self.text[first.span.start..last.span.end.max(first.span.start)])
+    }
+
+    pub fn refuse(&self, index: usize, construct: String, reason: &str) -> Refusal {
+        let offset = self
+            .tokens
+            .get(index)
+            .map_or(self.text.len(), |t| t.span.start);
+        refusal_at(self.text, offset, &construct, reason)
+    }
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= MAX {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(MAX).collect::<String>())
+    }
+}
+
+fn refusal_at(text: &str, offset: usize, construct: &str, reason: &str) -> Refusal {
+    let (line, column) = lexer::line_column(text, offset);
+    Refusal {
+        construct: construct.to_owned(),
+        reason: reason.to_owned(),
+        line,
+        column,
+    }
+}
+
+/// A replacement of a byte range of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    pub span: Range<usize>,
+    pub replacement: String,
+}
+
+fn apply(text: &str, mut edits: Vec<Edit>) -> Option<String> {
+    if edits.is_empty() {
+        return None;
+    }
+    edits.sort_by_key(|e| e.span.start);
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut at = 0;
+    for edit in edits {
+        out.push_str(&text[at..edit.span.start]);
+        out.push_str(&edit.replacement);
+        at = edit.span.end;
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
