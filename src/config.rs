@@ -250,6 +250,27 @@ pub struct Tenant {
     pub role: crate::kql::Role,
 }
 
+#[cfg(test)]
+impl Tenant {
+    /// A tenant for unit tests: `contoso`, its database `1111…` with the alias `Samples`, a
+    /// viewer, with no keys and no limits.
+    pub fn example() -> Tenant {
+        Tenant {
+            id: "contoso".into(),
+            key_hashes: vec![],
+            cluster: 0,
+            database: "11111111-1111-1111-1111-111111111111".into(),
+            database_names: vec![
+                "11111111-1111-1111-1111-111111111111".into(),
+                "samples".into(),
+            ],
+            rate: None,
+            max_concurrent: None,
+            role: crate::kql::Role::Viewer,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     pub per_second: f64,

@@ -8,7 +8,8 @@
 //! | `alias database …`, `restrict access …` | refused: kqlgate owns scoping |
 //! | `set NAME` | only the options in [`SETTABLE_OPTIONS`] |
 //! | `evaluate PLUGIN` | only the plugins in [`ALLOWED_PLUGINS`] |
-//! | `macro-expand G` | only an inline `entity_group […]` or a `let`-bound group |
+//! | `macro-expand G` | only an inline `entity_group […]` or a name bound by `let G = entity_group […]` |
+//! | `.command` inside a query | refused (`; .show databases`, `(.show …)`) |
 //!
 //! Names are compared case-insensitively, whether plain or bracketed (`['database']`), so a
 //! spelling Kusto would not even accept is refused rather than waved through.
@@ -83,9 +84,16 @@ fn plugin_reason(name: &str) -> &'static str {
 
 /// Checks the tokens in `range` (a whole query, or the query part of a command).
 pub fn check(source: &Source, range: Range<usize>, scope: &Scope) -> Result<Vec<Edit>, Refusal> {
-    let let_names = let_names(source, range.clone());
+    let let_groups = let_bound_groups(source, range.clone());
     let mut edits = Vec::new();
     for index in range.clone() {
+        if starts_command(source, index) {
+            return Err(source.refuse(
+                index,
+                source.excerpt(index, index + 1),
+                "is a control command inside a query, which kqlgate does not allow",
+            ));
+        }
         let Some(name) = source.ident(index) else {
             continue;
         };
@@ -110,7 +118,7 @@ pub fn check(source: &Source, range: Range<usize>, scope: &Scope) -> Result<Vec<
             }
             "evaluate" => check_evaluate(source, index)?,
             "macro" if source.is_punct(index + 1, '-') && source.is_ident(index + 2, "expand") => {
-                check_macro_expand(source, index, &let_names)?
+                check_macro_expand(source, index, &let_groups)?
             }
             _ => {}
         }
@@ -253,7 +261,7 @@ fn check_evaluate(source: &Source, index: usize) -> Result<(), Refusal> {
 fn check_macro_expand(
     source: &Source,
     index: usize,
-    let_names: &HashSet<String>,
+    let_groups: &HashSet<String>,
 ) -> Result<(), Refusal> {
     let mut at = index + 3;
     // Skip `kind = …` and `isfuzzy = …`.
@@ -265,7 +273,7 @@ fn check_macro_expand(
         at += 3;
     }
     let inline = source.is_ident(at, "entity_group") && source.is_punct(at + 1, '[');
-    let let_bound = source.ident(at).is_some_and(|g| let_names.contains(&g));
+    let let_bound = source.ident(at).is_some_and(|g| let_groups.contains(&g));
     if inline || let_bound {
         Ok(())
     } else {
@@ -277,14 +285,35 @@ fn check_macro_expand(
     }
 }
 
-/// Names declared with `let NAME = …` anywhere in the range.
-fn let_names(source: &Source, range: Range<usize>) -> HashSet<String> {
+/// Names bound to an inline group with `let NAME = entity_group [ … ]`. Any other `let` does
+/// not count: a name bound to something else may still resolve to a stored group.
+fn let_bound_groups(source: &Source, range: Range<usize>) -> HashSet<String> {
     range
         .filter(|&i| {
-            source.is_ident(i, "let") && matches!(source.kind(i + 1), Some(TokenKind::Ident { .. }))
+            source.is_ident(i, "let")
+                && matches!(source.kind(i + 1), Some(TokenKind::Ident { .. }))
+                && source.is_punct(i + 2, '=')
+                && source.is_ident(i + 3, "entity_group")
+                && source.is_punct(i + 4, '[')
         })
         .filter_map(|i| source.ident(i + 1))
         .collect()
+}
+
+/// A `.` that does not follow a value starts a control command (`; .show databases`,
+/// `(.show …)`), which has no place inside a query.
+fn starts_command(source: &Source, index: usize) -> bool {
+    let follows_value = index > 0
+        && matches!(
+            source.kind(index - 1),
+            Some(
+                TokenKind::Ident { .. }
+                    | TokenKind::Str { .. }
+                    | TokenKind::Number
+                    | TokenKind::Punct(')' | ']')
+            )
+        );
+    source.is_punct(index, '.') && !follows_value && source.ident(index + 1).is_some()
 }
 
 /// Where a `restrict access to (…);` statement goes: after leading `set` and `declare`

@@ -331,6 +331,23 @@ fn doors_out_of_the_database_are_refused() {
                 "macro-expand kind=inner StoredGroup as X (X | count)",
                 "stored entity group",
             ),
+            (
+                "let StoredGroup = 1; macro-expand StoredGroup as X (X)",
+                "stored entity group",
+            ),
+            (
+                "let StoredGroup = T; macro-expand StoredGroup as X (X)",
+                "stored entity group",
+            ),
+            ("print 1;.show databases", "control command inside a query"),
+            (
+                "StormEvents | union (.show databases)",
+                "control command inside a query",
+            ),
+            (
+                "T | where x in (.show tables)",
+                "control command inside a query",
+            ),
             ("table('database(\"other\").T')", "table(…)"),
             ("table(\"other.T\")", "table(…)"),
             ("table(name)", "table(…)"),
@@ -513,6 +530,7 @@ fn viewer_may_read_its_own_schema_and_metadata() {
             ".show function MyFunction",
             ".show materialized-views",
             ".show tables | where TableName startswith 'Storm'",
+            ".show tables | project TableName | extend n = strlen(TableName), x = .5",
             ".show tables | project TableName",
             ".show functions | where Name has 'x'",
             "// a comment first\n.show tables",
@@ -597,6 +615,10 @@ fn commands_reaching_other_tenants_are_refused_for_everyone() {
                     "calls out",
                 ),
                 (".show table T; .show databases", "is not allowed"),
+                (
+                    ".show tables | union (.show databases)",
+                    "control command inside a query",
+                ),
                 (".show table T <| print 1", "may not take a query as input"),
                 (".show database cluster('x') schema", "outside this tenant"),
                 (".", "must be followed by a command"),

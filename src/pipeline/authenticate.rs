@@ -265,22 +265,16 @@ mod tests {
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn tenant(id: &str, keys: &[&str]) -> Tenant {
+        let hash = |key: &&str| {
+            let phc = crate::keys::hash_key(key).unwrap();
+            argon2::password_hash::PasswordHash::new(&phc)
+                .unwrap()
+                .serialize()
+        };
         Tenant {
             id: id.into(),
-            key_hashes: keys
-                .iter()
-                .map(|k| {
-                    argon2::password_hash::PasswordHash::new(&crate::keys::hash_key(k).unwrap())
-                        .unwrap()
-                        .serialize()
-                })
-                .collect(),
-            cluster: 0,
-            database: "11111111-1111-1111-1111-111111111111".into(),
-            database_names: vec![],
-            rate: None,
-            max_concurrent: None,
-            role: Default::default(),
+            key_hashes: keys.iter().map(hash).collect(),
+            ..Tenant::example()
         }
     }
 

@@ -140,19 +140,7 @@ mod tests {
     use super::*;
 
     fn tenant() -> Tenant {
-        Tenant {
-            id: "contoso".into(),
-            key_hashes: vec![],
-            cluster: 0,
-            database: "11111111-1111-1111-1111-111111111111".into(),
-            database_names: vec![
-                "11111111-1111-1111-1111-111111111111".into(),
-                "samples".into(),
-            ],
-            rate: None,
-            max_concurrent: None,
-            role: Role::Viewer,
-        }
+        Tenant::example()
     }
 
     fn policy(enforce: bool) -> ClusterPolicy {

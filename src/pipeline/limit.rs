@@ -84,14 +84,9 @@ mod tests {
 
     fn tenant(rate: Option<RateLimit>, max_concurrent: Option<u32>) -> Tenant {
         Tenant {
-            id: "t".into(),
-            key_hashes: vec![],
-            cluster: 0,
-            database: String::new(),
-            database_names: vec![],
             rate,
             max_concurrent,
-            role: Default::default(),
+            ..Tenant::example()
         }
     }
 

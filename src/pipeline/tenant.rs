@@ -29,19 +29,7 @@ mod tests {
     use super::*;
 
     fn tenant() -> Tenant {
-        Tenant {
-            id: "contoso".into(),
-            key_hashes: vec![],
-            cluster: 0,
-            database: "AAAAAAAA-1111-1111-1111-111111111111".into(),
-            database_names: vec![
-                "aaaaaaaa-1111-1111-1111-111111111111".into(),
-                "samples".into(),
-            ],
-            rate: None,
-            max_concurrent: None,
-            role: Default::default(),
-        }
+        Tenant::example()
     }
 
     #[test]
@@ -51,7 +39,7 @@ mod tests {
             None,
             Some("Samples"),
             Some("SAMPLES"),
-            Some("aaaaaaaa-1111-1111-1111-111111111111"),
+            Some("11111111-1111-1111-1111-111111111111"),
         ] {
             assert_eq!(resolve_database(&t, name).unwrap(), t.database, "{name:?}");
         }

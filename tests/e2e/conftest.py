@@ -52,7 +52,7 @@ TENANTS = {
     # test_guard.py: may manage its own database (role = "admin").
     "northwind": {"cluster": "main", "aliases": ["Northwind"], "role": "admin"},
     # test_guard.py: on a restrict_statement cluster, behind the recording shim.
-    "restricted": {"cluster": "restricted"},
+    "restricted": {"cluster": "restricted", "aliases": ["Restricted"]},
 }
 
 # What the engine is told, so that the guard's refusals can be shown to matter
