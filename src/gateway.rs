@@ -8,6 +8,7 @@ use http::HeaderMap;
 
 use crate::config::{Config, ServerSettings, Tenant};
 use crate::error::ProxyError;
+use crate::identity::{Credential, Identities};
 use crate::pipeline::authenticate::Authenticator;
 use crate::pipeline::forward::Upstream;
 use crate::pipeline::limit::TenantLimits;
@@ -19,31 +20,54 @@ pub struct Gateway {
     upstreams: Vec<Upstream>,
     /// Set on shutdown, so `/readyz` tells load balancers to stop sending traffic.
     pub draining: AtomicBool,
+    /// The body of `GET /v1/rest/auth/metadata`, when AAD callers are configured.
+    pub aad_metadata: Option<String>,
 }
 
 pub struct TenantState {
     pub config: Tenant,
     pub limits: TenantLimits,
+    /// What this tenant's requests present to the cluster: its own identity, or the cluster's.
+    pub credential: Credential,
 }
 
 impl Gateway {
+    /// Must run inside the Tokio runtime: AAD identities start refreshing their tokens here.
     pub fn new(config: Config) -> anyhow::Result<Gateway> {
-        let authenticator = Authenticator::new(&config.auth, &config.tenants);
+        let authenticator = Authenticator::new(&config.auth, &config.tenants, config.aad.as_ref())?;
+        let mut identities = Identities::new()?;
         let upstreams = config
             .clusters
             .iter()
-            .map(Upstream::new)
+            .map(|cluster| {
+                Ok((
+                    Upstream::new(cluster)?,
+                    identities.credential(&cluster.credential)?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let tenants = config
             .tenants
             .into_iter()
-            .map(|tenant| TenantState {
-                limits: TenantLimits::new(&tenant),
-                config: tenant,
+            .map(|tenant| {
+                let credential = match &tenant.upstream {
+                    Some(own) => identities.credential(own)?,
+                    None => upstreams[tenant.cluster].1.clone(),
+                };
+                Ok(TenantState {
+                    limits: TenantLimits::new(&tenant),
+                    config: tenant,
+                    credential,
+                })
             })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let upstreams = upstreams
+            .into_iter()
+            .map(|(upstream, _)| upstream)
             .collect();
         Ok(Gateway {
             server: config.server,
+            aad_metadata: config.aad.as_ref().map(|aad| aad.metadata().to_string()),
             tenants,
             authenticator,
             upstreams,

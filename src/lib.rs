@@ -5,15 +5,18 @@
 //! tenant's limits and forwards it over pooled connections with the proxy's own credential,
 //! streaming the answer back. See `docs/ARCHITECTURE.md` for the map of modules.
 
+pub mod aad;
 pub mod access_log;
 pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod identity;
 pub mod keys;
 pub mod kql;
 pub mod pipeline;
 pub mod server;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +32,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let gateway = Arc::new(gateway::Gateway::new(config)?);
-    tracing::info!(address = %listener.local_addr()?, "kqlgate listening");
+    let scheme = if gateway.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(address = %listener.local_addr()?, scheme, "kqlgate listening");
     server::serve(listener, gateway, shutdown).await
 }

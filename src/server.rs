@@ -1,6 +1,7 @@
-//! Stage: accept. The listener loop: HTTP/1.1 and HTTP/2 (cleartext, by prior knowledge) through
-//! hyper-util's auto builder, a header read timeout against slow-loris clients, and graceful
-//! shutdown — stop accepting, let in-flight streams finish, give up after the grace period.
+//! Stage: accept. The listener loop: HTTP/1.1 and HTTP/2 through hyper-util's auto builder (over
+//! TLS with ALPN when `tls_cert` is set, else cleartext), a header read timeout against slow-loris
+//! clients (the TLS handshake gets the same bound), and graceful shutdown — stop accepting, let
+//! in-flight streams finish, give up after the grace period.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,6 +34,10 @@ pub async fn serve(
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let tls = match &gateway.server.tls {
+        Some(files) => Some(crate::tls::acceptor(files)?),
+        None => None,
+    };
     let pruner = tokio::spawn(prune_periodically(gateway.clone()));
     tokio::pin!(shutdown);
 
@@ -51,16 +56,38 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
+        let handshake_timeout = gateway.server.header_read_timeout;
         let service = service_fn(move |request| {
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, client).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served = match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%client, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%client, error = %error, "connection ended with an error");
             }
         });

@@ -1,5 +1,6 @@
-//! Stage: authenticate. Turns `Authorization: Basic base64(tenant:key)` into a tenant, before
-//! anything else about the request is read.
+//! Stage: authenticate. Turns `Authorization: Basic base64(tenant:key)` — or, with `[aad]`,
+//! `Authorization: Bearer <AAD token>` (see `crate::aad`) — into a tenant, before anything else
+//! about the request is read.
 //!
 //! argon2 is slow on purpose, so this stage is built not to become a denial-of-service lever:
 //! - a key that verified once is remembered by a keyed SHA-256 digest of the presented
@@ -29,7 +30,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
 
-use crate::config::{AuthSettings, Tenant};
+use crate::aad::AadValidator;
+use crate::config::{AadSettings, AuthSettings, Tenant};
 use crate::error::ProxyError;
 
 /// How long a request waits for a free verification slot before it is told to come back.
@@ -54,6 +56,8 @@ pub struct Authenticator {
     verification_slots: Semaphore,
     attempts_by_address: DefaultKeyedRateLimiter<IpAddr>,
     attempts_by_name: DefaultKeyedRateLimiter<u64>,
+    /// Validates Bearer callers; `None` without an `[aad]` section.
+    aad: Option<Arc<AadValidator>>,
 }
 
 /// The credentials of a Basic `Authorization` header. The key never leaves this module.
@@ -63,14 +67,22 @@ struct BasicCredentials {
 }
 
 impl Authenticator {
-    pub fn new(settings: &AuthSettings, tenants: &[Tenant]) -> Authenticator {
+    /// With `aad`, starts its key refresh: must then run inside the Tokio runtime.
+    pub fn new(
+        settings: &AuthSettings,
+        tenants: &[Tenant],
+        aad: Option<&AadSettings>,
+    ) -> anyhow::Result<Authenticator> {
         let quota = Quota::per_minute(
             NonZeroU32::new(settings.verify_per_minute).expect("validated at load: >= 1"),
         )
         .allow_burst(NonZeroU32::new(settings.verify_burst).expect("validated at load: >= 1"));
         let mut digest_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut digest_key);
-        Authenticator {
+        let aad = aad
+            .map(|aad| AadValidator::start(aad.clone(), tenants))
+            .transpose()?;
+        Ok(Authenticator {
             tenant_ids: tenants
                 .iter()
                 .enumerate()
@@ -87,7 +99,8 @@ impl Authenticator {
             verification_slots: Semaphore::new(settings.max_concurrent_verifications),
             attempts_by_address: RateLimiter::keyed(quota),
             attempts_by_name: RateLimiter::keyed(quota),
-        }
+            aad,
+        })
     }
 
     /// Returns the index of the tenant whose credentials the request carries.
@@ -96,7 +109,11 @@ impl Authenticator {
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<usize, ProxyError> {
-        let credentials = parse_basic(headers).ok_or(ProxyError::Unauthorized)?;
+        let value = headers.get(AUTHORIZATION).ok_or(ProxyError::Unauthorized)?;
+        if let Some(token) = bearer_token(value) {
+            return self.authenticate_bearer(token).await;
+        }
+        let credentials = parse_basic(value).ok_or(ProxyError::Unauthorized)?;
         let digest = self.digest(&credentials);
         if let Some(&tenant) = self.read_cache().get(&digest) {
             return Ok(tenant);
@@ -114,6 +131,16 @@ impl Authenticator {
         }
         self.lock(&self.pending).remove(&digest);
         outcome?.ok_or(ProxyError::Unauthorized)
+    }
+
+    async fn authenticate_bearer(&self, token: &str) -> Result<usize, ProxyError> {
+        let Some(aad) = &self.aad else {
+            return Err(ProxyError::Unauthorized);
+        };
+        aad.validate(token).await.map_err(|reason| {
+            tracing::debug!(reason, "bearer token refused");
+            ProxyError::Unauthorized
+        })
     }
 
     fn pending_check(&self, digest: CredentialDigest) -> Arc<OnceCell<Option<usize>>> {
@@ -237,8 +264,15 @@ fn decoy_hash(tenants: &[Tenant]) -> PasswordHashString {
         .serialize()
 }
 
-fn parse_basic(headers: &HeaderMap) -> Option<BasicCredentials> {
-    let value = headers.get(AUTHORIZATION)?.as_bytes();
+/// The token of `Authorization: Bearer <token>`.
+fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn parse_basic(value: &http::HeaderValue) -> Option<BasicCredentials> {
+    let value = value.as_bytes();
     if value.len() > MAX_AUTHORIZATION_LEN {
         return None;
     }
@@ -298,7 +332,9 @@ mod tests {
         let auth = Authenticator::new(
             &settings(20),
             &[tenant("a", &["old", "new"]), tenant("b", &["bee"])],
-        );
+            None,
+        )
+        .unwrap();
         assert_eq!(auth.authenticate(&basic("a:old"), CLIENT).await.unwrap(), 0);
         assert_eq!(auth.authenticate(&basic("a:new"), CLIENT).await.unwrap(), 0);
         assert_eq!(auth.authenticate(&basic("b:bee"), CLIENT).await.unwrap(), 1);
@@ -315,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_headers_are_unauthorized_without_verifying() {
-        let auth = Authenticator::new(&settings(1), &[tenant("a", &["k"])]);
+        let auth = Authenticator::new(&settings(1), &[tenant("a", &["k"])], None).unwrap();
         let mut headers = HeaderMap::new();
         for value in ["Bearer abc", "Basic !!!", "Basic", "Basic YWJj"] {
             headers.insert(AUTHORIZATION, value.parse().unwrap());
@@ -330,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_failures_are_throttled_but_cached_keys_still_work() {
-        let auth = Authenticator::new(&settings(3), &[tenant("a", &["k"])]);
+        let auth = Authenticator::new(&settings(3), &[tenant("a", &["k"])], None).unwrap();
         assert_eq!(auth.authenticate(&basic("a:k"), CLIENT).await.unwrap(), 0);
         for _ in 0..2 {
             assert!(matches!(
@@ -350,7 +386,8 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_first_requests_share_one_verification() {
-        let auth = Arc::new(Authenticator::new(&settings(1), &[tenant("a", &["k"])]));
+        let auth =
+            Arc::new(Authenticator::new(&settings(1), &[tenant("a", &["k"])], None).unwrap());
         let requests: Vec<_> = (0..16)
             .map(|_| {
                 let auth = auth.clone();
@@ -364,7 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_key_is_not_verified_again() {
-        let auth = Authenticator::new(&settings(1), &[tenant("a", &["k"])]);
+        let auth = Authenticator::new(&settings(1), &[tenant("a", &["k"])], None).unwrap();
         assert_eq!(auth.authenticate(&basic("a:k"), CLIENT).await.unwrap(), 0);
         // The one attempt is spent; a second verification would be throttled.
         for _ in 0..5 {

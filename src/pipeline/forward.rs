@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
 
-use crate::config::{Cluster, UpstreamCredential};
+use crate::config::Cluster;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::pipeline::route::Endpoint;
@@ -25,7 +25,6 @@ pub struct Upstream {
     client: reqwest::Client,
     /// The three endpoint URLs, in [`Endpoint`] order.
     urls: [reqwest::Url; 3],
-    authorization: Option<HeaderValue>,
     timeout_secs: u64,
 }
 
@@ -50,14 +49,6 @@ impl Upstream {
             .build()?;
         let base = cluster.url.as_str().trim_end_matches('/');
         let url = |endpoint: Endpoint| reqwest::Url::parse(&format!("{base}{}", endpoint.path()));
-        let authorization = match &cluster.credential {
-            UpstreamCredential::None => None,
-            UpstreamCredential::Bearer(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-        };
         Ok(Upstream {
             policy: ClusterPolicy {
                 enforce_request_properties: cluster.enforce_request_properties,
@@ -69,7 +60,6 @@ impl Upstream {
                 url(Endpoint::QueryV2)?,
                 url(Endpoint::Mgmt)?,
             ],
-            authorization,
             timeout_secs: cluster.timeout.as_secs(),
         })
     }
@@ -81,6 +71,7 @@ impl Upstream {
         body: Bytes,
         tenant_id: &str,
         request_id: &str,
+        authorization: Option<HeaderValue>,
     ) -> Result<reqwest::Response, ProxyError> {
         let mut request_headers = HeaderMap::with_capacity(12);
         for name in FORWARDED_HEADERS {
@@ -102,8 +93,8 @@ impl Upstream {
             headers::APP,
             header_value(&format!("kqlgate;tenant={tenant_id}"))?,
         );
-        if let Some(authorization) = &self.authorization {
-            request_headers.insert(AUTHORIZATION, authorization.clone());
+        if let Some(authorization) = authorization {
+            request_headers.insert(AUTHORIZATION, authorization);
         }
         self.client
             .post(self.urls[endpoint as usize].clone())

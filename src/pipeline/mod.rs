@@ -73,6 +73,7 @@ where
             return Ok(status_document(StatusCode::SERVICE_UNAVAILABLE, "draining"))
         }
         Route::Ready => return Ok(status_document(StatusCode::OK, "ready")),
+        Route::AuthMetadata => return auth_metadata(gateway),
         Route::Kusto(endpoint) => endpoint,
     };
     let tenant = gateway.authenticate(request.headers(), client.ip()).await?;
@@ -86,6 +87,7 @@ where
     log.database = Some(database.to_owned());
     let upstream = gateway.upstream_for(tenant);
     let rewrite = guard::check(&tenant.config, upstream.policy, endpoint, &query)?;
+    let authorization = tenant.credential.authorization().await?;
 
     let answer = upstream
         .send(
@@ -94,6 +96,7 @@ where
             query.forwarded(database, &rewrite),
             &tenant.config.id,
             &log.client_request_id,
+            authorization,
         )
         .await?;
     log.upstream_status = Some(answer.status().as_u16());
@@ -104,12 +107,23 @@ where
     ))
 }
 
+/// Without `[aad]` this is a 404, which the SDKs read as "use the public-cloud defaults".
+fn auth_metadata(gateway: &Gateway) -> Result<Response<ProxyBody>, ProxyError> {
+    let metadata = gateway.aad_metadata.clone().ok_or_else(|| {
+        ProxyError::NotFound("/v1/rest/auth/metadata (AAD callers are not configured)".into())
+    })?;
+    Ok(json_document(StatusCode::OK, metadata))
+}
+
 fn full_body(body: Full<Bytes>) -> ProxyBody {
     body.map_err(|never| match never {}).boxed_unsync()
 }
 
 fn status_document(status: StatusCode, state: &'static str) -> Response<ProxyBody> {
-    let body = format!("{{\"status\":\"{state}\"}}");
+    json_document(status, format!("{{\"status\":\"{state}\"}}"))
+}
+
+fn json_document(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full_body(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     response

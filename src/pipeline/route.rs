@@ -9,6 +9,8 @@ use crate::error::ProxyError;
 pub enum Route {
     Health,
     Ready,
+    /// `GET /v1/rest/auth/metadata`: what SDKs fetch before they sign in.
+    AuthMetadata,
     Kusto(Endpoint),
 }
 
@@ -34,6 +36,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Route, ProxyError> {
     let (route, allowed) = match path {
         "/healthz" => (Route::Health, Method::GET),
         "/readyz" => (Route::Ready, Method::GET),
+        "/v1/rest/auth/metadata" => (Route::AuthMetadata, Method::GET),
         "/v1/rest/query" => (Route::Kusto(Endpoint::QueryV1), Method::POST),
         "/v2/rest/query" => (Route::Kusto(Endpoint::QueryV2), Method::POST),
         "/v1/rest/mgmt" => (Route::Kusto(Endpoint::Mgmt), Method::POST),
@@ -70,6 +73,10 @@ mod tests {
     fn known_routes() {
         assert_eq!(classify(&Method::GET, "/healthz").unwrap(), Route::Health);
         assert_eq!(classify(&Method::GET, "/readyz").unwrap(), Route::Ready);
+        assert_eq!(
+            classify(&Method::GET, "/v1/rest/auth/metadata").unwrap(),
+            Route::AuthMetadata
+        );
         assert_eq!(
             classify(&Method::POST, "/v2/rest/query").unwrap(),
             Route::Kusto(Endpoint::QueryV2)

@@ -6,11 +6,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHashString};
 use serde::Deserialize;
+
+pub mod aad;
+pub mod credential;
+
+pub use aad::{AadSettings, Principal};
+pub use credential::{CredentialKind, CredentialSection, Secret, UpstreamCredential};
 
 // === The file's shape ===
 
@@ -25,6 +31,7 @@ pub struct FileConfig {
     pub clusters: BTreeMap<String, ClusterSection>,
     #[serde(default)]
     pub tenants: Vec<TenantSection>,
+    pub aad: Option<aad::AadSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +47,9 @@ pub struct ServerSection {
     /// How long in-flight streams may run on after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// PEM certificate chain and key: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Limits that keep argon2 (expensive on purpose) from becoming a denial-of-service lever.
@@ -61,9 +71,18 @@ pub struct AuthSection {
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     pub url: String,
+    // The credential keys (see `credential::CredentialSection`), flat as the contract has them.
     #[serde(default)]
-    pub auth: ClusterAuthKind,
+    pub auth: CredentialKind,
     pub token_env: Option<String>,
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub authority_host: Option<String>,
+    pub scope: Option<String>,
+    pub federated_token_file: Option<PathBuf>,
+    pub imds_endpoint: Option<String>,
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
     #[serde(default = "default_connect_timeout_seconds")]
@@ -79,19 +98,17 @@ pub struct ClusterSection {
     pub restrict_statement: bool,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClusterAuthKind {
-    #[default]
-    None,
-    BearerEnv,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSection {
     pub id: String,
+    #[serde(default)]
     pub key_hashes: Vec<String>,
+    /// AAD callers that act as this tenant: `app:<appid>`, `oid:<object id>`, `tid:<tenant id>`.
+    #[serde(default)]
+    pub aad_principals: Vec<String>,
+    /// The tenant's own identity at the cluster, instead of the cluster's.
+    pub upstream: Option<CredentialSection>,
     pub cluster: String,
     pub database: String,
     #[serde(default)]
@@ -154,6 +171,8 @@ impl Default for ServerSection {
             max_body_bytes: default_max_body_bytes(),
             header_read_timeout_seconds: default_header_read_timeout_seconds(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -176,6 +195,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub clusters: Vec<Cluster>,
     pub tenants: Vec<Tenant>,
+    pub aad: Option<AadSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +204,13 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -205,40 +232,13 @@ pub struct Cluster {
     pub restrict_statement: bool,
 }
 
-/// What the proxy presents to the cluster. Never the caller's credential.
-pub enum UpstreamCredential {
-    None,
-    Bearer(Secret),
-}
-
-impl fmt::Debug for UpstreamCredential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpstreamCredential::None => f.write_str("None"),
-            UpstreamCredential::Bearer(_) => f.write_str("Bearer(MASKED)"),
-        }
-    }
-}
-
-/// A secret string that never prints itself.
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
 #[derive(Debug)]
 pub struct Tenant {
     pub id: String,
     pub key_hashes: Vec<PasswordHashString>,
+    pub aad_principals: Vec<Principal>,
+    /// The tenant's own identity at the cluster; `None`: the cluster's.
+    pub upstream: Option<UpstreamCredential>,
     /// Index into [`Config::clusters`].
     pub cluster: usize,
     /// The database GUID, as configured; the name forwarded to the cluster.
@@ -258,6 +258,8 @@ impl Tenant {
         Tenant {
             id: "contoso".into(),
             key_hashes: vec![],
+            aad_principals: vec![],
+            upstream: None,
             cluster: 0,
             database: "11111111-1111-1111-1111-111111111111".into(),
             database_names: vec![
@@ -378,15 +380,44 @@ impl FileConfig {
                     ),
                 ));
             }
-            tenants.push(section.validate(&path, &clusters)?);
+            tenants.push(section.validate(&path, &clusters, env)?);
         }
+        let aad = self.aad.map(|section| section.validate(env)).transpose()?;
+        check_principals(&tenants, aad.is_some())?;
         Ok(Config {
             server,
             auth,
             clusters,
             tenants,
+            aad,
         })
     }
+}
+
+/// Each AAD principal maps to one tenant, and only when `[aad]` can authenticate it.
+fn check_principals(tenants: &[Tenant], aad_configured: bool) -> Result<(), ConfigError> {
+    let mut owners: HashMap<&Principal, usize> = HashMap::new();
+    for (index, tenant) in tenants.iter().enumerate() {
+        if !tenant.aad_principals.is_empty() && !aad_configured {
+            return Err(problem(
+                format!("tenants[{index}].aad_principals"),
+                "needs an [aad] section to authenticate Bearer callers",
+            ));
+        }
+        for principal in &tenant.aad_principals {
+            if let Some(first) = owners.insert(principal, index) {
+                if first != index {
+                    return Err(problem(
+                        format!("tenants[{index}].aad_principals"),
+                        format!(
+                            "{principal:?} also maps to tenants[{first}]: a caller must map to one tenant"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ServerSection {
@@ -408,11 +439,23 @@ impl ServerSection {
                 "must be at least 1",
             ));
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles { cert, key };
+                crate::tls::check(&files)
+                    .map_err(|e| problem("server.tls_cert", format!("{e:#}")))?;
+                Some(files)
+            }
+            (Some(_), None) => return Err(problem("server.tls_key", "required with tls_cert")),
+            (None, Some(_)) => return Err(problem("server.tls_cert", "required with tls_key")),
+        };
         Ok(ServerSettings {
             listen,
             max_body_bytes,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            tls,
         })
     }
 }
@@ -456,41 +499,19 @@ impl ClusterSection {
                 "must not carry credentials; use auth = \"bearer-env\"",
             ));
         }
-        let credential = match self.auth {
-            ClusterAuthKind::None => {
-                if self.token_env.is_some() {
-                    return Err(problem(
-                        format!("{path}.token_env"),
-                        "only used with auth = \"bearer-env\"",
-                    ));
-                }
-                UpstreamCredential::None
-            }
-            ClusterAuthKind::BearerEnv => {
-                let var = self.token_env.ok_or_else(|| {
-                    problem(
-                        format!("{path}.token_env"),
-                        "required with auth = \"bearer-env\"",
-                    )
-                })?;
-                let token = env
-                    .var(&var)
-                    .filter(|t| !t.trim().is_empty())
-                    .ok_or_else(|| {
-                        problem(
-                            format!("{path}.token_env"),
-                            format!("environment variable {var} is not set"),
-                        )
-                    })?;
-                if http::HeaderValue::from_str(&format!("Bearer {}", token.trim())).is_err() {
-                    return Err(problem(
-                        format!("{path}.token_env"),
-                        format!("environment variable {var} does not hold a usable token"),
-                    ));
-                }
-                UpstreamCredential::Bearer(Secret(token.trim().to_owned()))
-            }
+        let credential_keys = CredentialSection {
+            auth: self.auth,
+            token_env: self.token_env,
+            tenant_id: self.tenant_id,
+            client_id: self.client_id,
+            client_secret_env: self.client_secret_env,
+            client_secret_file: self.client_secret_file,
+            authority_host: self.authority_host,
+            scope: self.scope,
+            federated_token_file: self.federated_token_file,
+            imds_endpoint: self.imds_endpoint,
         };
+        let credential = credential_keys.validate(&path, &url, env)?;
         if self.timeout_seconds == 0 {
             return Err(problem(
                 format!("{path}.timeout_seconds"),
@@ -527,7 +548,12 @@ fn is_valid_tenant_id(id: &str) -> bool {
 }
 
 impl TenantSection {
-    fn validate(self, path: &str, clusters: &[Cluster]) -> Result<Tenant, ConfigError> {
+    fn validate(
+        self,
+        path: &str,
+        clusters: &[Cluster],
+        env: &dyn Environment,
+    ) -> Result<Tenant, ConfigError> {
         if !is_valid_tenant_id(&self.id) {
             return Err(problem(
                 format!("{path}.id"),
@@ -537,11 +563,18 @@ impl TenantSection {
                 ),
             ));
         }
-        if self.key_hashes.is_empty() {
+        if self.key_hashes.is_empty() && self.aad_principals.is_empty() {
             return Err(problem(
                 format!("{path}.key_hashes"),
-                "at least one key hash is required (make one with `kqlgate key new`)",
+                "a tenant needs key_hashes (make one with `kqlgate key new`), aad_principals, or both",
             ));
+        }
+        let mut aad_principals = Vec::with_capacity(self.aad_principals.len());
+        for (index, text) in self.aad_principals.iter().enumerate() {
+            aad_principals.push(
+                Principal::parse(text)
+                    .map_err(|m| problem(format!("{path}.aad_principals[{index}]"), m))?,
+            );
         }
         let mut key_hashes = Vec::with_capacity(self.key_hashes.len());
         for (index, phc) in self.key_hashes.iter().enumerate() {
@@ -559,6 +592,13 @@ impl TenantSection {
                     format!("unknown cluster {:?}", self.cluster),
                 )
             })?;
+        let upstream = match self.upstream {
+            None => None,
+            Some(section) => {
+                let url = &clusters[cluster].url;
+                Some(section.validate(&format!("{path}.upstream"), url, env)?)
+            }
+        };
         if uuid::Uuid::parse_str(&self.database).is_err() {
             return Err(problem(
                 format!("{path}.database"),
@@ -603,6 +643,8 @@ impl TenantSection {
         Ok(Tenant {
             id: self.id,
             key_hashes,
+            aad_principals,
+            upstream,
             cluster,
             database: self.database,
             database_names,
@@ -638,16 +680,26 @@ impl Config {
     /// The one-screen summary `kqlgate check` prints.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {}\nmax_body_bytes {}\nclusters ({}):\n",
+            "listen {} ({})\nmax_body_bytes {}\n",
             self.server.listen,
+            if self.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             self.server.max_body_bytes,
-            self.clusters.len()
         );
+        match &self.aad {
+            Some(aad) => out.push_str(&format!(
+                "aad: audiences {:?}, {} discovery document(s)\n",
+                aad.audiences,
+                aad.discovery_urls.len()
+            )),
+            None => out.push_str("aad: off (Bearer callers get 401)\n"),
+        }
+        out.push_str(&format!("clusters ({}):\n", self.clusters.len()));
         for cluster in &self.clusters {
-            let auth = match cluster.credential {
-                UpstreamCredential::None => "none",
-                UpstreamCredential::Bearer(_) => "bearer-env",
-            };
+            let auth = cluster.credential.kind_name();
             out.push_str(&format!(
                 "  {} {} auth={} timeout={}s enforce_request_properties={} restrict_statement={}\n",
                 cluster.name,
@@ -843,6 +895,34 @@ database = "11111111-1111-1111-1111-111111111111"
             error_path(&config_with("role = \"owner\"", "")),
             "tenants[0].role"
         );
+    }
+
+    #[test]
+    fn aad_principals_map_to_one_tenant_and_need_an_aad_section() {
+        let aad = "[aad]\nopenid_config_url = \"https://login.microsoftonline.com/t/v2.0/.well-known/openid-configuration\"\naudiences = [\"api://kqlgate\"]\n";
+        let second = |principals: &str| {
+            format!(
+                "{aad}{}\n[[tenants]]\nid = \"fabrikam\"\ncluster = \"main\"\ndatabase = \"22222222-2222-2222-2222-222222222222\"\naad_principals = [{principals}]\n",
+                config_with("aad_principals = [\"app:a1\"]", "")
+            )
+        };
+        let config = parse(&second("\"oid:o1\"")).unwrap();
+        assert!(
+            config.tenants[1].key_hashes.is_empty(),
+            "principals alone are enough"
+        );
+        let ambiguous = parse(&second("\"APP:a1\"".to_lowercase().as_str())).unwrap_err();
+        assert_eq!(ambiguous.path, "tenants[1].aad_principals");
+        let neither = parse(&second("")).unwrap_err();
+        assert_eq!(neither.path, "tenants[1].key_hashes");
+        let no_aad = parse(&config_with("aad_principals = [\"app:a1\"]", "")).unwrap_err();
+        assert_eq!(no_aad.path, "tenants[0].aad_principals");
+        let bad = parse(&format!(
+            "{aad}{}",
+            config_with("aad_principals = [\"upn:x\"]", "")
+        ))
+        .unwrap_err();
+        assert_eq!(bad.path, "tenants[0].aad_principals[0]");
     }
 
     #[test]
