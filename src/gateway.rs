@@ -11,6 +11,7 @@ use crate::error::ProxyError;
 use crate::identity::{Credential, Identities};
 use crate::pipeline::authenticate::Authenticator;
 use crate::pipeline::forward::Upstream;
+use crate::pipeline::guard::DefaultProperties;
 use crate::pipeline::limit::TenantLimits;
 
 pub struct Gateway {
@@ -29,6 +30,8 @@ pub struct TenantState {
     pub limits: TenantLimits,
     /// What this tenant's requests present to the cluster: its own identity, or the cluster's.
     pub credential: Credential,
+    /// The request properties forwarded when a request brings none.
+    pub default_properties: DefaultProperties,
 }
 
 impl Gateway {
@@ -54,7 +57,9 @@ impl Gateway {
                     Some(own) => identities.credential(own)?,
                     None => upstreams[tenant.cluster].1.clone(),
                 };
+                let enforce = config.clusters[tenant.cluster].enforce_request_properties;
                 Ok(TenantState {
+                    default_properties: DefaultProperties::new(&tenant, enforce),
                     limits: TenantLimits::new(&tenant),
                     config: tenant,
                     credential,

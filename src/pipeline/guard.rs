@@ -3,6 +3,8 @@
 //! `enforce_request_properties` is on), T-SQL refused, and attribution the tenant cannot forge.
 //! A refusal is a 403 naming the construct and its position; it is logged without the query.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::config::Tenant;
@@ -22,12 +24,13 @@ const FORCED_OPTIONS: [(&str, bool); 6] = [
     ("request_impersonation_disabled", true),
 ];
 
-pub fn check(
+pub fn check<'d>(
     tenant: &Tenant,
+    defaults: &'d DefaultProperties,
     policy: ClusterPolicy,
     endpoint: Endpoint,
     query: &QueryBody,
-) -> Result<Rewrite, ProxyError> {
+) -> Result<Rewrite<'d>, ProxyError> {
     let scope = Scope {
         database: &tenant.database,
         database_names: &tenant.database_names,
@@ -52,37 +55,77 @@ pub fn check(
         ProxyError::Forbidden(refusal.to_string())
     })?;
     let read_only = verdict.kind == TextKind::Query || role == Role::Viewer;
-    let properties = properties(query, tenant, policy.enforce_request_properties, read_only)?;
+    let properties = match query.properties_json() {
+        None => Cow::Borrowed(defaults.get(read_only)),
+        Some(raw) => {
+            let (document, as_string) = parse_properties(raw.get())?;
+            let enforce = policy.enforce_request_properties;
+            Cow::Owned(rewrite(document, as_string, tenant, enforce, read_only)?)
+        }
+    };
     Ok(Rewrite {
         csl: verdict.rewritten,
         properties_json: Some(properties),
     })
 }
 
-/// The request properties to forward, in the form they came in (an object, or a string
-/// holding JSON), or as an object when none came.
-fn properties(
-    query: &QueryBody,
+/// The properties of requests that bring none, which are the same for all of a tenant's
+/// requests: built once, not per request.
+pub struct DefaultProperties {
+    read_only: String,
+    read_write: String,
+}
+
+impl DefaultProperties {
+    pub fn new(tenant: &Tenant, enforce: bool) -> DefaultProperties {
+        let build = |read_only| {
+            rewrite(Map::new(), false, tenant, enforce, read_only)
+                .expect("an empty document has nothing to refuse")
+        };
+        DefaultProperties {
+            read_only: build(true),
+            read_write: build(false),
+        }
+    }
+
+    fn get(&self, read_only: bool) -> &str {
+        if read_only {
+            &self.read_only
+        } else {
+            &self.read_write
+        }
+    }
+}
+
+fn bad_properties(what: &str) -> ProxyError {
+    ProxyError::BadRequest(format!(
+        "\"properties\" {what}; send an object such as {{\"Options\": {{…}}}}"
+    ))
+}
+
+/// `properties` as an object, and whether it came as a string holding JSON.
+fn parse_properties(raw: &str) -> Result<(Map<String, Value>, bool), ProxyError> {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(map)) => Ok((map, false)),
+        Ok(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(map)) => Ok((map, true)),
+            _ => Err(bad_properties(
+                "is a string that does not hold a JSON object",
+            )),
+        },
+        _ => Err(bad_properties("is not an object")),
+    }
+}
+
+/// The request properties to forward, in the form they came in.
+fn rewrite(
+    mut document: Map<String, Value>,
+    as_string: bool,
     tenant: &Tenant,
     enforce: bool,
     read_only: bool,
 ) -> Result<String, ProxyError> {
-    let bad = |what: &str| {
-        ProxyError::BadRequest(format!(
-            "\"properties\" {what}; send an object such as {{\"Options\": {{…}}}}"
-        ))
-    };
-    let (mut document, as_string) = match query.properties_json() {
-        None => (Map::new(), false),
-        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
-            Ok(Value::Object(map)) => (map, false),
-            Ok(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
-                Ok(Value::Object(map)) => (map, true),
-                _ => return Err(bad("is a string that does not hold a JSON object")),
-            },
-            _ => return Err(bad("is not an object")),
-        },
-    };
+    let bad = bad_properties;
     let options = match document
         .entry("Options")
         .or_insert_with(|| Value::Object(Map::new()))
@@ -152,7 +195,8 @@ mod tests {
 
     fn forwarded(body: &str, enforce: bool, endpoint: Endpoint) -> Result<Value, ProxyError> {
         let query = QueryBody::parse(body.as_bytes()).unwrap();
-        let rewrite = check(&tenant(), policy(enforce), endpoint, &query)?;
+        let defaults = DefaultProperties::new(&tenant(), enforce);
+        let rewrite = check(&tenant(), &defaults, policy(enforce), endpoint, &query)?;
         let bytes = query.forwarded("g", &rewrite);
         Ok(serde_json::from_slice(&bytes).unwrap())
     }
@@ -204,12 +248,13 @@ mod tests {
         let mut admin = tenant();
         admin.role = Role::Admin;
         let query = QueryBody::parse(br#"{"csl":".create table T (a:string)"}"#).unwrap();
-        let rewrite = check(&admin, policy(true), Endpoint::Mgmt, &query).unwrap();
+        let defaults = DefaultProperties::new(&admin, true);
+        let rewrite = check(&admin, &defaults, policy(true), Endpoint::Mgmt, &query).unwrap();
         let sent: Value =
             serde_json::from_str(rewrite.properties_json.as_deref().unwrap()).unwrap();
         assert!(sent["Options"].get("request_readonly").is_none());
         // The same command on a query endpoint is a viewer's, and refused.
-        assert!(check(&admin, policy(true), Endpoint::QueryV1, &query).is_err());
+        assert!(check(&admin, &defaults, policy(true), Endpoint::QueryV1, &query).is_err());
     }
 
     #[test]

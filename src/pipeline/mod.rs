@@ -86,7 +86,13 @@ where
     let database = tenant::resolve_database(&tenant.config, query.db.as_deref())?;
     log.database = Some(database.to_owned());
     let upstream = gateway.upstream_for(tenant);
-    let rewrite = guard::check(&tenant.config, upstream.policy, endpoint, &query)?;
+    let rewrite = guard::check(
+        &tenant.config,
+        &tenant.default_properties,
+        upstream.policy,
+        endpoint,
+        &query,
+    )?;
     let authorization = tenant.credential.authorization().await?;
 
     let answer = upstream

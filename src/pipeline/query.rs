@@ -107,9 +107,9 @@ impl QueryBody {
 
 /// What the guard changed: replacement query text and properties (serialized JSON).
 #[derive(Debug, Default)]
-pub struct Rewrite {
+pub struct Rewrite<'a> {
     pub csl: Option<String>,
-    pub properties_json: Option<String>,
+    pub properties_json: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn bad(message: String) -> ProxyError {

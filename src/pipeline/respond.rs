@@ -8,7 +8,6 @@
 //! connection instead of ending the answer as if it were complete.
 
 use async_compression::tokio::bufread::GzipDecoder;
-use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, VARY};
 use http::{HeaderMap, Response};
@@ -26,8 +25,10 @@ pub fn stream_back(
     client_accepts_gzip: bool,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let mut response_headers = upstream.headers().clone();
-    headers::strip_hop_by_hop(&mut response_headers);
+    // Taking the response apart moves its headers and body out: nothing is copied.
+    let (mut parts, body) = http::Response::from(upstream).into_parts();
+    let response_headers = &mut parts.headers;
+    headers::strip_hop_by_hop(response_headers);
     // Which software runs the cluster is nobody else's business.
     response_headers.remove(http::header::SERVER);
     if !response_headers.contains_key(headers::CLIENT_REQUEST_ID) {
@@ -35,35 +36,23 @@ pub fn stream_back(
             response_headers.insert(headers::CLIENT_REQUEST_ID, value);
         }
     }
-    let status = upstream.status();
-    let upstream_gzip = is_gzip(&response_headers);
-    let chunks = upstream.bytes_stream().map_err(std::io::Error::other);
-    let body = if upstream_gzip && !client_accepts_gzip {
+    let body = if is_gzip(response_headers) && !client_accepts_gzip {
         response_headers.remove(CONTENT_ENCODING);
         response_headers.remove(CONTENT_LENGTH);
         response_headers.append(VARY, HeaderValue::from_static("Accept-Encoding"));
+        let chunks = body.into_data_stream().map_err(std::io::Error::other);
         let mut decoder = GzipDecoder::new(StreamReader::new(chunks));
         decoder.multiple_members(true);
         let decoded = ReaderStream::with_capacity(decoder, DECODE_CHUNK);
-        boxed_stream(decoded)
+        BodyExt::map_err(
+            StreamBody::new(decoded.map_ok(http_body::Frame::data)),
+            Into::into,
+        )
+        .boxed_unsync()
     } else {
-        boxed_stream(chunks)
+        body.map_err(Into::into).boxed_unsync()
     };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = response_headers;
-    response
-}
-
-fn boxed_stream<S>(chunks: S) -> ProxyBody
-where
-    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
-{
-    BodyExt::map_err(
-        StreamBody::new(chunks.map_ok(http_body::Frame::data)),
-        Into::into,
-    )
-    .boxed_unsync()
+    Response::from_parts(parts, body)
 }
 
 fn is_gzip(headers: &HeaderMap) -> bool {

@@ -84,9 +84,9 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for name, limit in (("kqlgate stderr", 8000), ("duckdb-kql serve output", 1500)):
-            if name in _STATE:
-                report.sections.append((f"{name} (tail)", _tail(_STATE[name], limit)))
+        limits = {"kqlgate stderr": 8000, "duckdb-kql serve output": 1500}
+        for name, path in list(_STATE.items()):
+            report.sections.append((f"{name} (tail)", _tail(path, limits.get(name, 4000))))
 
 
 def free_port() -> int:
@@ -399,3 +399,262 @@ def primary_rows(resp: requests.Response) -> list[dict]:
 
 def states(tenant: str) -> set[str]:
     return {row[1] for row in sample_data.DATASETS[tenant].rows}
+
+
+# ---------------------------------------------------------------------------
+# AAD: a test identity provider (tests/idp) and a kqlgate that takes Bearer callers
+# ---------------------------------------------------------------------------
+
+IDP_RUN = REPO_ROOT / "tests" / "idp" / "run"
+# kqlgate's own AAD tenant, where its cluster identities live and callers' apps are registered.
+AAD_TENANT = "0e2e0aad-7e57-4c1a-9d00-00000000aad0"
+AAD_AUDIENCE = "api://kqlgate-e2e"
+# kqlgate's identity at the cluster (client-secret from the environment) ...
+CLUSTER_CLIENT_ID = "c1a5e2e0-0000-4000-8000-00000000c1a5"
+CLUSTER_SECRET_ENV = "KQLGATE_E2E_CLUSTER_SECRET"
+# ... and fabrikam's own one ([tenants.upstream], client-secret from a file).
+FABRIKAM_UPSTREAM_CLIENT_ID = "fab0e2e0-0000-4000-8000-00000000fab0"
+# Callers. contoso: its application, or one user object; fabrikam: a whole AAD tenant, or one user.
+CONTOSO_APP_ID = "c0de0000-0000-4000-8000-00000000c0de"
+CONTOSO_USER_OID = "c0de0000-0000-4000-8000-0000000000b1"
+FABRIKAM_TENANT_ID = "fab00000-0000-4000-8000-0000000000fa"
+FABRIKAM_USER_OID = "fab00000-0000-4000-8000-0000000000b2"
+AAD_TENANTS = {
+    "contoso": {"aliases": ["Samples"], "aad_principals": [f"app:{CONTOSO_APP_ID}", f"oid:{CONTOSO_USER_OID}"]},
+    "fabrikam": {"aliases": ["Fabrikam"], "aad_principals": [f"tid:{FABRIKAM_TENANT_ID}", f"oid:{FABRIKAM_USER_OID}"]},
+}
+
+
+@dataclass
+class Idp:
+    """One tests/idp/server.mjs process. stop() and start() keep its port (so its URL)."""
+
+    name: str
+    work: Path
+    port: int = 0
+    url: str = ""
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, env: dict | None = None) -> "Idp":
+        out_path = self.work / f"{self.name}.stdout"
+        log = self.work / f"{self.name}.log"
+        _STATE[f"idp {self.name} log"] = log
+        out_path.write_text("")
+        with open(out_path, "wb") as out, open(log, "ab") as err:
+            self.proc = subprocess.Popen(["node", "server.mjs", str(self.port)], cwd=IDP_RUN.parent,
+                                         stdout=out, stderr=err, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 30
+        while True:
+            text = out_path.read_text()
+            if text.endswith("\n"):
+                info = json.loads(text.splitlines()[0])
+                self.url = info["url"]
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"test IdP {self.name} did not start (exit {self.proc.poll()}):\n{_tail(log)}",
+                            pytrace=False)
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    @property
+    def openid_configuration(self) -> str:
+        return self.url + "/.well-known/openid-configuration"
+
+    def token_response(self, client_id: str, *, scope: str = AAD_AUDIENCE + "/.default",
+                       tenant: str = AAD_TENANT, **form) -> requests.Response:
+        """The client-credentials grant at /<tenant>/oauth2/v2.0/token. Extra form fields set
+        claims (aud, tid, oid, appid, azp, claims=<JSON>) or the lifetime (expires_in)."""
+        data = {"grant_type": "client_credentials", "client_id": client_id, "scope": scope,
+                **{k: str(v) for k, v in form.items() if v is not None}}
+        return requests.post(f"{self.url}/{tenant}/oauth2/v2.0/token", data=data, timeout=10)
+
+    def token(self, client_id: str, **kw) -> str:
+        resp = self.token_response(client_id, **kw)
+        assert resp.status_code == 200, f"IdP refused a token for {client_id}: {resp.status_code} {resp.text}"
+        return resp.json()["access_token"]
+
+    def stats(self) -> dict:
+        return requests.get(self.url + "/__stats", timeout=10).json()
+
+    def token_requests(self, client_id: str) -> int:
+        return self.stats()["token_requests"].get(client_id, 0)
+
+    def admin(self, **change) -> dict:
+        resp = requests.post(self.url + "/__admin", json=change, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+
+def start_idp(work: Path, name: str, env: dict | None = None) -> Idp:
+    """Installs tests/idp when needed (`run --install`: npm ci), then starts an IdP."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm are needed for the AAD tests (tests/idp); the e2e suite never skips",
+                    pytrace=False)
+    install = subprocess.run([str(IDP_RUN), "--install"], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, f"tests/idp/run --install failed:\n{install.stderr}"
+    return Idp(name, work).start(env)
+
+
+@pytest.fixture(scope="session")
+def idp(tmp_path_factory) -> Idp:
+    """The IdP kqlgate trusts for callers and asks for its own cluster tokens."""
+    server = start_idp(tmp_path_factory.mktemp("idp"), "idp")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def idp_other(tmp_path_factory) -> Idp:
+    """A second, unrelated IdP: its own keys and issuer."""
+    server = start_idp(tmp_path_factory.mktemp("idp-other"), "idp-other")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def idp_es(tmp_path_factory) -> Idp:
+    """A second IdP kqlgate also trusts: ES256 keys, its own issuer."""
+    server = start_idp(tmp_path_factory.mktemp("idp-es"), "idp-es", env={"IDP_KEY_ALG": "ES256"})
+    yield server
+    server.stop()
+
+
+@dataclass
+class Kqlgate:
+    """A kqlgate process of a test's own, from a config the test wrote."""
+
+    url: str
+    config_path: Path
+    stderr_path: Path
+    proc: subprocess.Popen = field(repr=False)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+
+def launch_kqlgate(bin_path: Path, work: Path, name: str, config_text: str, port: int,
+                   env: dict[str, str]) -> Kqlgate:
+    """Writes the config, requires `kqlgate check` to pass, serves it and waits for /readyz."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = work / f"{name}.toml"
+    config.write_text(config_text, encoding="utf-8")
+    env = {**env}
+    env.setdefault("RUST_LOG", "info")
+    check = run_kqlgate(bin_path, "check", "--config", str(config), env=env)
+    assert check.returncode == 0, (
+        f"`kqlgate check --config` exited {check.returncode}\nstdout:\n{check.stdout}\n"
+        f"stderr:\n{check.stderr}\nconfig:\n{config_text}"
+    )
+    stderr_path = work / f"{name}.stderr"
+    _STATE[f"{name} stderr"] = stderr_path
+    with open(stderr_path, "wb") as err, open(work / f"{name}.stdout", "wb") as out:
+        proc = subprocess.Popen([str(bin_path), "serve", "--config", str(config)],
+                                stdout=out, stderr=err, env=env, cwd=work)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"kqlgate serve ({name}) exited with {proc.returncode}:\n{_tail(stderr_path)}", pytrace=False)
+        try:
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return Kqlgate(url, config, stderr_path, proc)
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(f"kqlgate ({name}) /readyz not 200 within 30s:\n{_tail(stderr_path)}", pytrace=False)
+        time.sleep(0.1)
+
+
+def aad_identity_toml(idp_url: str, client_id: str, secret_env: str | None = None,
+                      secret_file: Path | None = None, scope: str | None = None) -> list[str]:
+    """The credential keys of a client-secret identity at the test IdP."""
+    lines = ['auth = "client-secret"', f"tenant_id = {_toml_str(AAD_TENANT)}",
+             f"client_id = {_toml_str(client_id)}", f"authority_host = {_toml_str(idp_url)}"]
+    if secret_env:
+        lines.append(f"client_secret_env = {_toml_str(secret_env)}")
+    if secret_file:
+        lines.append(f"client_secret_file = {_toml_str(str(secret_file))}")
+    if scope:
+        lines.append(f"scope = {_toml_str(scope)}")
+    return lines
+
+
+@dataclass
+class AadGateway:
+    """kqlgate with [aad] (callers' tokens from `idp` or `idp_es`), behind which a client-secret cluster
+    identity at `idp` reaches the recording shim in front of the engine."""
+
+    url: str
+    guids: dict[str, str]
+    cluster_secret: str
+    fabrikam_secret: str
+    shim: Shim = field(repr=False)
+    idp: Idp = field(repr=False)
+    process: Kqlgate = field(repr=False)
+
+    def post(self, path: str, body, token: str | None, headers: dict | None = None, **kw) -> requests.Response:
+        h = {"Accept": "application/json", **(headers or {})}
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        return requests.post(self.url + path, json=body, headers=h, timeout=60, **kw)
+
+
+@pytest.fixture(scope="session")
+def aad_gateway(kqlgate_bin, engine, shim, idp, idp_es, tmp_path_factory) -> AadGateway:
+    work = tmp_path_factory.mktemp("kqlgate-aad")
+    cluster_secret = "cluster-secret-" + secrets.token_hex(12)
+    fabrikam_secret = "fabrikam-secret-" + secrets.token_hex(12)
+    secret_file = work / "fabrikam-upstream.secret"
+    secret_file.write_text(fabrikam_secret + "\n", encoding="utf-8")
+    # The IdP refuses these two clients without their secrets.
+    idp.admin(clients={CLUSTER_CLIENT_ID: cluster_secret, FABRIKAM_UPSTREAM_CLIENT_ID: fabrikam_secret})
+
+    guids = {tenant: engine.guid(tenant) for tenant in AAD_TENANTS}
+    port = free_port()
+    lines = [
+        "# Written by tests/e2e/conftest.py (aad_gateway)",
+        "[server]",
+        f"listen = {_toml_str(f'127.0.0.1:{port}')}",
+        "",
+        "[aad]",
+        "# each document's keys are good for its own issuer only",
+        f"openid_config_urls = [{_toml_str(idp.openid_configuration)}, {_toml_str(idp_es.openid_configuration)}]",
+        f"audiences = [{_toml_str(AAD_AUDIENCE)}]",
+        f"login_endpoint = {_toml_str(idp.url)}",
+        "",
+        "# kqlgate's own identity at the cluster; the default scope is <scheme://host of url>/.default",
+        "[clusters.aad]",
+        f"url = {_toml_str(shim.url)}",
+        *aad_identity_toml(idp.url, CLUSTER_CLIENT_ID, secret_env=CLUSTER_SECRET_ENV),
+        "timeout_seconds = 60",
+        "enforce_request_properties = false",
+        "",
+    ]
+    for tenant, settings in AAD_TENANTS.items():
+        lines += [
+            "[[tenants]]",
+            f"id = {_toml_str(tenant)}",
+            'cluster = "aad"',
+            f"database = {_toml_str(guids[tenant])}",
+            "aliases = [" + ", ".join(_toml_str(a) for a in settings["aliases"]) + "]",
+            "aad_principals = [" + ", ".join(_toml_str(p) for p in settings["aad_principals"]) + "]",
+            "",
+        ]
+        if tenant == "fabrikam":
+            lines += ["[tenants.upstream]",
+                      *aad_identity_toml(idp.url, FABRIKAM_UPSTREAM_CLIENT_ID, secret_file=secret_file), ""]
+    env = {**os.environ, CLUSTER_SECRET_ENV: cluster_secret}
+    process = launch_kqlgate(kqlgate_bin, work, "kqlgate-aad", "\n".join(lines), port, env)
+    try:
+        yield AadGateway(process.url, guids, cluster_secret, fabrikam_secret, shim, idp, process)
+    finally:
+        process.stop()
