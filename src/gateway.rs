@@ -59,7 +59,7 @@ impl Gateway {
                 };
                 let enforce = config.clusters[tenant.cluster].enforce_request_properties;
                 Ok(TenantState {
-                    default_properties: DefaultProperties::new(&tenant, enforce),
+                    default_properties: DefaultProperties::new(enforce),
                     limits: TenantLimits::new(&tenant),
                     config: tenant,
                     credential,

@@ -233,10 +233,10 @@ impl TokenProvider {
         let mut header = HeaderValue::from_str(&format!("Bearer {access_token}"))
             .map_err(|_| "token endpoint answered with an unusable token")?;
         header.set_sensitive(true);
-        Ok(Token {
-            header,
-            lifetime: Duration::from_secs(lifetime),
-        })
+        // `expires_in` counts from when the endpoint answered, and the token's own `exp` is
+        // rounded down to the second: count one second less, so no token is sent after it.
+        let lifetime = Duration::from_secs(lifetime.saturating_sub(1).max(1));
+        Ok(Token { header, lifetime })
     }
 
     fn token_endpoint_request(&self, credential: &[(&str, String)]) -> reqwest::RequestBuilder {

@@ -47,7 +47,11 @@ pub struct Authenticator {
     tenant_ids: HashMap<String, usize>,
     key_hashes: Vec<Arc<[PasswordHashString]>>,
     /// Verified against for unknown tenants, so they cost the same time as a wrong key.
-    decoy_hash: Arc<[PasswordHashString]>,
+    /// Made on first use: computing it costs an argon2 run (and its memory) that a gateway
+    /// nobody probes with unknown names never needs to spend.
+    decoy_hash: std::sync::OnceLock<Arc<[PasswordHashString]>>,
+    /// Cost parameters of the first configured key, which the decoy copies.
+    decoy_params: argon2::Params,
     /// Random per process: the digests are useless outside it.
     digest_key: [u8; 32],
     verified: RwLock<HashMap<CredentialDigest, usize>>,
@@ -92,7 +96,12 @@ impl Authenticator {
                 .iter()
                 .map(|t| Arc::from(t.key_hashes.clone()))
                 .collect(),
-            decoy_hash: Arc::from(vec![decoy_hash(tenants)]),
+            decoy_hash: std::sync::OnceLock::new(),
+            decoy_params: tenants
+                .iter()
+                .find_map(|t| t.key_hashes.first())
+                .and_then(|h| argon2::Params::try_from(&h.password_hash()).ok())
+                .unwrap_or_default(),
             digest_key,
             verified: RwLock::new(HashMap::new()),
             pending: RwLock::new(HashMap::new()),
@@ -157,7 +166,7 @@ impl Authenticator {
         let tenant = self.tenant_ids.get(&credentials.tenant_id).copied();
         let hashes = match tenant {
             Some(index) => self.key_hashes[index].clone(),
-            None => self.decoy_hash.clone(),
+            None => self.decoy().await?,
         };
         let matched = self.verify(credentials.key, hashes).await?;
         Ok(tenant.filter(|_| matched))
@@ -210,6 +219,20 @@ impl Authenticator {
         }
     }
 
+    async fn decoy(&self) -> Result<Arc<[PasswordHashString]>, ProxyError> {
+        if let Some(decoy) = self.decoy_hash.get() {
+            return Ok(decoy.clone());
+        }
+        let params = self.decoy_params.clone();
+        let made = tokio::task::spawn_blocking(move || decoy_hash(params))
+            .await
+            .map_err(|_| ProxyError::Internal)?;
+        Ok(self
+            .decoy_hash
+            .get_or_init(|| Arc::from(vec![made]))
+            .clone())
+    }
+
     async fn verify(
         &self,
         key: String,
@@ -249,12 +272,7 @@ impl Authenticator {
 
 /// A hash with the same cost parameters as the first configured key, so an unknown tenant
 /// takes as long to refuse as a wrong key.
-fn decoy_hash(tenants: &[Tenant]) -> PasswordHashString {
-    let params = tenants
-        .first()
-        .and_then(|t| t.key_hashes.first())
-        .and_then(|h| argon2::Params::try_from(&h.password_hash()).ok())
-        .unwrap_or_default();
+fn decoy_hash(params: argon2::Params) -> PasswordHashString {
     let hasher = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let decoy_key = crate::keys::new_key();

@@ -4,6 +4,7 @@
 //! A refusal is a 403 naming the construct and its position; it is logged without the query.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
@@ -56,7 +57,7 @@ pub fn check<'d>(
     })?;
     let read_only = verdict.kind == TextKind::Query || role == Role::Viewer;
     let properties = match query.properties_json() {
-        None => Cow::Borrowed(defaults.get(read_only)),
+        None => Cow::Borrowed(defaults.get(tenant, read_only)),
         Some(raw) => {
             let (document, as_string) = parse_properties(raw.get())?;
             let enforce = policy.enforce_request_properties;
@@ -70,30 +71,32 @@ pub fn check<'d>(
 }
 
 /// The properties of requests that bring none, which are the same for all of a tenant's
-/// requests: built once, not per request.
+/// requests: built once, on the tenant's first such request, not per request.
 pub struct DefaultProperties {
-    read_only: String,
-    read_write: String,
+    enforce: bool,
+    read_only: OnceLock<String>,
+    read_write: OnceLock<String>,
 }
 
 impl DefaultProperties {
-    pub fn new(tenant: &Tenant, enforce: bool) -> DefaultProperties {
-        let build = |read_only| {
-            rewrite(Map::new(), false, tenant, enforce, read_only)
-                .expect("an empty document has nothing to refuse")
-        };
+    pub fn new(enforce: bool) -> DefaultProperties {
         DefaultProperties {
-            read_only: build(true),
-            read_write: build(false),
+            enforce,
+            read_only: OnceLock::new(),
+            read_write: OnceLock::new(),
         }
     }
 
-    fn get(&self, read_only: bool) -> &str {
-        if read_only {
+    fn get(&self, tenant: &Tenant, read_only: bool) -> &str {
+        let slot = if read_only {
             &self.read_only
         } else {
             &self.read_write
-        }
+        };
+        slot.get_or_init(|| {
+            rewrite(Map::new(), false, tenant, self.enforce, read_only)
+                .expect("an empty document has nothing to refuse")
+        })
     }
 }
 
@@ -195,7 +198,7 @@ mod tests {
 
     fn forwarded(body: &str, enforce: bool, endpoint: Endpoint) -> Result<Value, ProxyError> {
         let query = QueryBody::parse(body.as_bytes()).unwrap();
-        let defaults = DefaultProperties::new(&tenant(), enforce);
+        let defaults = DefaultProperties::new(enforce);
         let rewrite = check(&tenant(), &defaults, policy(enforce), endpoint, &query)?;
         let bytes = query.forwarded("g", &rewrite);
         Ok(serde_json::from_slice(&bytes).unwrap())
@@ -248,7 +251,7 @@ mod tests {
         let mut admin = tenant();
         admin.role = Role::Admin;
         let query = QueryBody::parse(br#"{"csl":".create table T (a:string)"}"#).unwrap();
-        let defaults = DefaultProperties::new(&admin, true);
+        let defaults = DefaultProperties::new(true);
         let rewrite = check(&admin, &defaults, policy(true), Endpoint::Mgmt, &query).unwrap();
         let sent: Value =
             serde_json::from_str(rewrite.properties_json.as_deref().unwrap()).unwrap();
