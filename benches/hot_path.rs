@@ -53,6 +53,7 @@ fn tenants(count: usize, extra: &str) -> Vec<Tenant> {
 
 fn credential_check(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let settings = AuthSettings {
@@ -118,6 +119,7 @@ fn limiter_with_many_tenants(c: &mut Criterion) {
 
 fn gzip_request_body(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
     let plain = body_with_csl(50_000);

@@ -170,16 +170,23 @@ impl Source<'_> {
         self.kind(index) == Some(&TokenKind::Punct(c))
     }
 
-    /// The identifier at `index`, lower-cased, plain or bracketed.
-    pub fn ident(&self, index: usize) -> Option<String> {
+    /// The identifier at `index` as written, plain or bracketed.
+    pub fn name(&self, index: usize) -> Option<&str> {
         match self.kind(index)? {
-            TokenKind::Ident { name, .. } => Some(name.to_lowercase()),
+            TokenKind::Ident { name, .. } => Some(name),
             _ => None,
         }
     }
 
+    /// The identifier at `index`, lower-cased. Kusto matches names exactly, so comparing
+    /// without regard to ASCII case only ever refuses more.
+    pub fn ident(&self, index: usize) -> Option<String> {
+        self.name(index).map(str::to_ascii_lowercase)
+    }
+
     pub fn is_ident(&self, index: usize, word: &str) -> bool {
-        self.ident(index).is_some_and(|name| name == word)
+        self.name(index)
+            .is_some_and(|name| name.eq_ignore_ascii_case(word))
     }
 
     /// Whether tokens `index` and `index + 1` touch, with nothing between them.
