@@ -480,34 +480,26 @@ async fn a_tenants_own_identity_replaces_the_clusters() {
         ],
     )
     .await;
-    assert_eq!(
-        query_as(
-            &gate,
-            &TenantSpec::new("contoso", "contoso-key-123", CONTOSO_DB)
-        )
-        .await
-        .status(),
-        200
-    );
-    let seen = upstream.requests().pop().unwrap();
-    assert!(seen.headers["authorization"]
-        .to_str()
-        .unwrap()
-        .ends_with("-contoso-own-app"));
-    assert_eq!(
-        query_as(
-            &gate,
-            &TenantSpec::new("fabrikam", "fabrikam-key-123", FABRIKAM_DB)
-        )
-        .await
-        .status(),
-        200
-    );
-    let seen = upstream.requests().pop().unwrap();
-    assert!(seen.headers["authorization"]
-        .to_str()
-        .unwrap()
-        .ends_with("-kqlgate-app"));
+    let cases = [
+        (
+            TenantSpec::new("contoso", "contoso-key-123", CONTOSO_DB),
+            "-contoso-own-app",
+        ),
+        (
+            TenantSpec::new("fabrikam", "fabrikam-key-123", FABRIKAM_DB),
+            "-kqlgate-app",
+        ),
+    ];
+    for (tenant, token_suffix) in cases {
+        assert_eq!(query_as(&gate, &tenant).await.status(), 200);
+        let seen = upstream.requests().pop().unwrap();
+        let authorization = seen.headers["authorization"].to_str().unwrap().to_owned();
+        assert!(
+            authorization.ends_with(token_suffix),
+            "{}: {authorization}",
+            tenant.id
+        );
+    }
 }
 
 async fn query_as(gate: &Kqlgate, tenant: &TenantSpec) -> reqwest::Response {

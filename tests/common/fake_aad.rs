@@ -6,7 +6,6 @@
 //! `POST /{tenant}/oauth2/v2.0/token` (client credentials), `GET /imds` (managed identity).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +15,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 pub const AUDIENCE: &str = "api://kqlgate";
@@ -89,24 +86,12 @@ impl FakeAad {
                 ..State::default()
             })),
         };
-        let server = aad.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.answer(request).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        super::serve(
+            listener,
+            aad.clone(),
+            |aad: FakeAad, request| Box::pin(async move { aad.answer(request).await }),
+            |_| {},
+        );
         aad
     }
 

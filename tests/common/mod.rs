@@ -18,6 +18,50 @@ use base64::Engine;
 pub const CONTOSO_DB: &str = "11111111-1111-1111-1111-111111111111";
 pub const FABRIKAM_DB: &str = "22222222-2222-2222-2222-222222222222";
 
+/// Serves `answer` on `listener` (HTTP/1.1 and HTTP/2), one task per connection, until the
+/// test ends. Shared by the purpose-built upstream and AAD.
+pub fn serve<S, F, B>(
+    listener: tokio::net::TcpListener,
+    state: S,
+    answer: F,
+    on_accept: impl Fn(&S) + Send + 'static,
+) where
+    S: Clone + Send + Sync + 'static,
+    F: Fn(
+            S,
+            http::Request<hyper::body::Incoming>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<B>> + Send>>
+        + Copy
+        + Send
+        + Sync
+        + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            on_accept(&state);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(state, request).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+}
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kqlgate"))
 }

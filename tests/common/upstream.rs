@@ -12,7 +12,6 @@
 //! - `sleep <ms>`              waits before answering;
 //! - anything else             200 with a small v1 table.
 
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +23,6 @@ use futures_util::stream;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Semaphore;
 
 pub const CHUNK: usize = 64 * 1024;
@@ -69,25 +66,14 @@ impl TestUpstream {
             requests: Arc::default(),
             gate: Arc::new(Semaphore::new(0)),
         };
-        let server = upstream.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
+        super::serve(
+            listener,
+            upstream.clone(),
+            |server: TestUpstream, request| Box::pin(async move { server.answer(request).await }),
+            |server| {
                 server.connections.fetch_add(1, Ordering::SeqCst);
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.answer(request).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+            },
+        );
         upstream
     }
 
