@@ -109,14 +109,7 @@ async fn aad_callers_act_as_their_tenant_and_the_cluster_sees_only_the_proxys_to
     assert_eq!(error_body(stranger).await["error"]["code"], "Unauthorized");
 
     // Basic callers still work beside Bearer callers.
-    let basic = client()
-        .post(gate.url("/v1/rest/query"))
-        .header("authorization", contoso().basic())
-        .body(r#"{"csl":"print 1"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(basic.status(), 200);
+    assert_eq!(query_as(&gate, &contoso()).await.status(), 200);
 }
 
 /// Every attack gets the same 401, and nothing reaches the cluster.
@@ -503,11 +496,5 @@ async fn a_tenants_own_identity_replaces_the_clusters() {
 }
 
 async fn query_as(gate: &Kqlgate, tenant: &TenantSpec) -> reqwest::Response {
-    client()
-        .post(gate.url("/v1/rest/query"))
-        .header("authorization", tenant.basic())
-        .body(r#"{"csl":"print 1"}"#)
-        .send()
-        .await
-        .unwrap()
+    query(gate, tenant, r#"{"csl":"print 1"}"#).await
 }

@@ -25,17 +25,6 @@ async fn setup(cluster_extra: &str, tenants: &[TenantSpec]) -> (TestUpstream, Kq
     (upstream, gate)
 }
 
-async fn query(gate: &Kqlgate, tenant: &TenantSpec, body: &str) -> reqwest::Response {
-    client()
-        .post(gate.url("/v1/rest/query"))
-        .header("authorization", tenant.basic())
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-}
-
 // === Forwarding ===
 
 /// The cluster sees the tenant's GUID, the proxy's identity headers and nothing of the client's

@@ -246,6 +246,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// POSTs `body` to /v1/rest/query with the tenant's Basic credentials.
+pub async fn query(gate: &Kqlgate, tenant: &TenantSpec, body: &str) -> reqwest::Response {
+    client()
+        .post(gate.url("/v1/rest/query"))
+        .header("authorization", tenant.basic())
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn error_body(response: reqwest::Response) -> serde_json::Value {
     let content_type = response.headers()["content-type"]
         .to_str()
