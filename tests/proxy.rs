@@ -603,3 +603,25 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_work() {
     assert_eq!(response.bytes().await.unwrap().len(), 1_000_000);
     assert_eq!(gate.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// A client that never finishes its headers is disconnected after the header read timeout.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = TestUpstream::start().await;
+    let text = config(&upstream.url(), "", "", &[contoso()]).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nheader_read_timeout_seconds = 1",
+    );
+    let gate = Kqlgate::start(&text);
+    let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"POST /v1/rest/query HTTP/1.1\r\nHost: kqlgate\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buffer)).await;
+    assert!(closed.is_ok(), "the connection was still open after 10 s");
+    assert!(upstream.requests().is_empty());
+}
