@@ -44,7 +44,7 @@ impl Gateway {
             .iter()
             .map(|cluster| {
                 Ok((
-                    Upstream::new(cluster)?,
+                    Upstream::new(cluster, config.server.workers)?,
                     identities.credential(&cluster.credential)?,
                 ))
             })

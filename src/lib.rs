@@ -28,8 +28,8 @@ pub use config::Config;
 /// Binds the configured address and serves until `shutdown` resolves (then drains).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let address = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
+    // A std listener: each worker registers its own copy with its own event loop.
+    let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen on {address}"))?;
     let gateway = Arc::new(gateway::Gateway::new(config)?);
     let scheme = if gateway.server.tls.is_some() {
@@ -37,6 +37,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         "http"
     };
-    tracing::info!(address = %listener.local_addr()?, scheme, "kqlgate listening");
+    tracing::info!(
+        address = %listener.local_addr()?,
+        scheme,
+        workers = gateway.server.workers,
+        "kqlgate listening"
+    );
     server::serve(listener, gateway, shutdown).await
 }

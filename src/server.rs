@@ -2,18 +2,29 @@
 //! TLS with ALPN when `tls_cert` is set, else cleartext), a header read timeout against slow-loris
 //! clients (the TLS handshake gets the same bound), and graceful shutdown — stop accepting, let
 //! in-flight streams finish, give up after the grace period.
+//!
+//! Threads: `server.workers` event loops (one per CPU by default), each a single-threaded Tokio
+//! runtime accepting from the same listening socket and serving its connections to the end, with
+//! its own upstream connection pool — as nginx's workers do. A request never changes thread, so
+//! no wake-up crosses cores; this cut CPU per small request by about a sixth against Tokio's
+//! work-stealing scheduler (benches/RESULTS.md). The calling thread is worker 0 and also runs
+//! the background tasks (token refresh, JWKS, certificate reload, signals).
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
 use crate::pipeline;
@@ -21,91 +32,172 @@ use crate::pipeline;
 /// How often idle sign-in limiter state is forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
+thread_local! {
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Which worker runs the current thread (0 outside the workers): picks the worker's own pool.
+pub fn worker_index() -> usize {
+    WORKER_INDEX.with(Cell::get)
+}
+
+/// What every worker needs to accept and serve connections.
+#[derive(Clone)]
+struct Worker {
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    /// Becomes `true` when the server shuts down.
+    stopping: watch::Receiver<bool>,
+}
+
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(gateway.server.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    listener.set_nonblocking(true)?;
     let tls = match &gateway.server.tls {
         Some(files) => Some(crate::tls::acceptor(files)?),
         None => None,
     };
-    let pruner = tokio::spawn(prune_periodically(gateway.clone()));
-    tokio::pin!(shutdown);
-
-    loop {
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let handshake_timeout = gateway.server.header_read_timeout;
-        let service = service_fn(move |request| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, client).await) }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-                Some(tls) => {
-                    let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%client, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
-                }
-            };
-            if let Err(error) = served {
-                tracing::debug!(%client, error = %error, "connection ended with an error");
-            }
-        });
+    let (stop, stopping) = watch::channel(false);
+    let worker = Worker {
+        gateway: gateway.clone(),
+        tls,
+        stopping,
+    };
+    let mut others = Vec::new();
+    for index in 1..gateway.server.workers {
+        others.push(start_worker(index, listener.try_clone()?, worker.clone())?);
     }
+    let pruner = tokio::spawn(prune_periodically(gateway.clone()));
+    let own = tokio::spawn(worker.run(TcpListener::from_std(listener)?));
 
+    shutdown.await;
     gateway.draining.store(true, Ordering::Relaxed);
-    drop(listener);
     pruner.abort();
     let grace = gateway.server.shutdown_grace;
     tracing::info!(
         grace_seconds = grace.as_secs(),
         "shutting down: no new connections, draining in-flight requests"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing the remaining connections"),
+    let _ = stop.send(true);
+    let mut drained = own.await.unwrap_or(false);
+    for other in others {
+        drained &= other.await.unwrap_or(false);
+    }
+    if drained {
+        tracing::info!("all connections drained");
+    } else {
+        tracing::warn!("grace period over; closing the remaining connections");
     }
     Ok(())
+}
+
+/// Runs worker `index` on a thread of its own; the receiver says whether it drained in time.
+fn start_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    worker: Worker,
+) -> anyhow::Result<oneshot::Receiver<bool>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a worker's runtime")?;
+    let (done, finished) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("kqlgate-worker-{index}"))
+        .spawn(move || {
+            WORKER_INDEX.with(|cell| cell.set(index));
+            let drained = runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => worker.run(listener).await,
+                    Err(error) => {
+                        tracing::error!(%error, worker = index, "worker cannot use the listener");
+                        true
+                    }
+                }
+            });
+            let _ = done.send(drained);
+        })
+        .context("cannot start a worker thread")?;
+    Ok(finished)
+}
+
+impl Worker {
+    /// Accepts until the server stops, then drains this worker's connections; returns whether
+    /// they all finished within the grace period.
+    async fn run(mut self, listener: TcpListener) -> bool {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.gateway.server.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut self.stopping) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let gateway = self.gateway.clone();
+            let handshake_timeout = gateway.server.header_read_timeout;
+            let service = service_fn(move |request| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, client).await) }
+            });
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                let served = match tls {
+                    None => {
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
+                        let stream = match handshake.await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%client, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%client, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                };
+                if let Err(error) = served {
+                    tracing::debug!(%client, error = %error, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => true,
+            () = tokio::time::sleep(self.gateway.server.shutdown_grace) => false,
+        }
+    }
+}
+
+/// Resolves once the server stops (or can no longer tell this worker, which means the same).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
 }
 
 async fn prune_periodically(gateway: Arc<Gateway>) {

@@ -604,6 +604,65 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_work() {
     assert_eq!(gate.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
+/// With several workers, streams held on different connections (and so, in all likelihood,
+/// different workers) all run to the end after SIGTERM, and the process exits cleanly.
+#[tokio::test]
+async fn every_worker_drains_its_streams_on_shutdown() {
+    const STREAMS: usize = 8;
+    let upstream = TestUpstream::start().await;
+    let text = config(&upstream.url(), "", "", &[contoso()]).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 4",
+    );
+    let mut gate = Kqlgate::start(&text);
+    assert!(gate.log().contains("\"workers\":4"), "{}", gate.log());
+    let mut responses = Vec::new();
+    for _ in 0..STREAMS {
+        // A client each: its own connection, accepted by whichever worker is quickest.
+        let response = query(&gate, &contoso(), r#"{"csl":"gated 300000"}"#).await;
+        assert_eq!(response.status(), 200);
+        responses.push(response);
+    }
+    gate.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..STREAMS {
+        upstream.release();
+    }
+    for response in responses {
+        assert_eq!(response.bytes().await.unwrap().len(), 300_000);
+    }
+    assert_eq!(gate.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(gate.log().contains("all connections drained"));
+}
+
+/// `timeout_seconds` covers the streamed answer too: a stream still running at the deadline is
+/// cut off (the client sees a broken transfer, never a complete-looking answer).
+#[tokio::test]
+async fn a_stream_outliving_the_timeout_is_cut_off() {
+    let (_upstream, gate) = setup("timeout_seconds = 1", &[contoso()]).await;
+    let started = std::time::Instant::now();
+    let response = query(&gate, &contoso(), r#"{"csl":"gated 1000000"}"#).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = 0;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => received += bytes.len(),
+                Err(_) => return true,
+            }
+        }
+        false
+    })
+    .await
+    .expect("the held stream was not cut off within 10 s");
+    assert!(outcome, "the stream ended cleanly after {received} bytes");
+    assert_eq!(received, CHUNK, "only the first chunk was ever sent");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gate.access_events().last().unwrap()["outcome"], "aborted");
+}
+
 /// A client that never finishes its headers is disconnected after the header read timeout.
 #[tokio::test]
 async fn slow_headers_are_cut_off() {

@@ -1061,7 +1061,8 @@ workers) from /proc/PID/stat, just before and after each run, divided by the req
 bytes. MB = 10^6 bytes, GB = 10^9 bytes. Ratios are kqlgate divided by the other target (for
 requests/s and MB/s higher is better, for latency, CPU and RSS lower is better). The 1 GiB answers
 are fetched by curl without `--compressed` (body to /dev/null), the proxy restarted before each so
-VmHWM is this answer's; VmHWM includes start-up and the first key check (argon2id, 19 MiB), which
+VmHWM is this answer's; VmHWM includes start-up and the first key check (argon2id with the
+memory cost of `kqlgate key new`, 7 MiB), which
 the "before" row shows.
 
 nginx is configured as the closest equivalent of kqlgate: `auth_basic` with a `{{SHA}}` htpasswd
@@ -1077,7 +1078,8 @@ through one buffer of `proxy_buffer_size`, by default a single 4 KiB page, which
 cost on large answers; the targets are judged against the default (`nginx-1w`, `nginx-2w`) as
 they were set, and the tuned nginx is shown beside them. kqlgate: one tenant with a Basic key and
 rate/burst never reached, cluster `auth = "bearer-env"`, `enforce_request_properties = true`,
-RUST_LOG=info with its log to a file.
+RUST_LOG=info with its log to a file, `workers` left at its default (one per CPU, like nginx's
+`worker_processes auto`).
 {report}"""
 
 

@@ -50,6 +50,9 @@ pub struct ServerSection {
     /// PEM certificate chain and key: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Threads serving connections, each with its own event loop; 0 = one per CPU available.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// Limits that keep argon2 (expensive on purpose) from becoming a denial-of-service lever.
@@ -87,7 +90,7 @@ pub struct ClusterSection {
     pub timeout_seconds: u64,
     #[serde(default = "default_connect_timeout_seconds")]
     pub connect_timeout_seconds: u64,
-    /// Idle keep-alive connections kept per cluster.
+    /// Idle keep-alive connections kept to the cluster by each worker.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
     /// Force the request properties that keep a query inside its database.
@@ -157,6 +160,9 @@ fn default_verify_per_minute() -> u32 {
 fn default_timeout_seconds() -> u64 {
     300
 }
+/// More event loops than this would only add context switches on any machine kqlgate runs on.
+const MAX_WORKERS: usize = 256;
+
 fn default_connect_timeout_seconds() -> u64 {
     10
 }
@@ -173,6 +179,7 @@ impl Default for ServerSection {
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             tls_cert: None,
             tls_key: None,
+            workers: 0,
         }
     }
 }
@@ -205,6 +212,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub tls: Option<TlsFiles>,
+    /// At least 1: `workers = 0` is resolved to the CPUs available at load.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -439,6 +448,17 @@ impl ServerSection {
                 "must be at least 1",
             ));
         }
+        if self.workers > MAX_WORKERS {
+            return Err(problem(
+                "server.workers",
+                format!("at most {MAX_WORKERS} (0 = one per CPU)"),
+            ));
+        }
+        let workers = match self.workers {
+            // available_parallelism honours CPU affinity and cgroup quotas (containers).
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let tls = match (self.tls_cert, self.tls_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
@@ -456,6 +476,7 @@ impl ServerSection {
             header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             tls,
+            workers,
         })
     }
 }
@@ -680,7 +701,7 @@ impl Config {
     /// The one-screen summary `kqlgate check` prints.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "listen {} ({})\nmax_body_bytes {}\n",
+            "listen {} ({})\nmax_body_bytes {}\nworkers {}\n",
             self.server.listen,
             if self.server.tls.is_some() {
                 "https"
@@ -688,6 +709,7 @@ impl Config {
                 "http"
             },
             self.server.max_body_bytes,
+            self.server.workers,
         );
         match &self.aad {
             Some(aad) => out.push_str(&format!(
@@ -784,6 +806,20 @@ database = "11111111-1111-1111-1111-111111111111"
             tenant.database_names,
             vec!["11111111-1111-1111-1111-111111111111"]
         );
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_and_are_bounded() {
+        let config = parse(&config_with("", "")).unwrap();
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.server.workers, cpus);
+        let with = |line: &str| {
+            let listen = "listen = \"127.0.0.1:0\"";
+            config_with("", "").replacen(listen, &format!("{listen}\n{line}"), 1)
+        };
+        assert_eq!(parse(&with("workers = 3")).unwrap().server.workers, 3);
+        assert_eq!(error_path(&with("workers = 257")), "server.workers");
+        assert_eq!(error_path(&with("workers = -1")), "server.workers");
     }
 
     #[test]

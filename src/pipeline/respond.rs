@@ -15,18 +15,19 @@ use http_body_util::{BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::headers;
+use crate::pipeline::forward::Answer;
 use crate::pipeline::ProxyBody;
 
 /// Decoded output is produced in pieces of at most this size.
 const DECODE_CHUNK: usize = 64 * 1024;
 
 pub fn stream_back(
-    upstream: reqwest::Response,
+    upstream: Answer,
     client_accepts_gzip: bool,
     request_id: &str,
 ) -> Response<ProxyBody> {
     // Taking the response apart moves its headers and body out: nothing is copied.
-    let (mut parts, body) = http::Response::from(upstream).into_parts();
+    let (mut parts, body) = upstream.into_parts();
     let response_headers = &mut parts.headers;
     headers::strip_hop_by_hop(response_headers);
     // Which software runs the cluster is nobody else's business.
@@ -50,7 +51,7 @@ pub fn stream_back(
         )
         .boxed_unsync()
     } else {
-        body.map_err(Into::into).boxed_unsync()
+        body.boxed_unsync()
     };
     Response::from_parts(parts, body)
 }
