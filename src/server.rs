@@ -4,16 +4,19 @@
 //! in-flight streams finish, give up after the grace period.
 //!
 //! Threads: `server.workers` event loops (one per CPU by default), each a single-threaded Tokio
-//! runtime accepting from the same listening socket and serving its connections to the end, with
-//! its own upstream connection pool — as nginx's workers do. A request never changes thread, so
-//! no wake-up crosses cores; this cut CPU per small request by about a sixth against Tokio's
-//! work-stealing scheduler (benches/RESULTS.md). The calling thread is worker 0 and also runs
-//! the background tasks (token refresh, JWKS, certificate reload, signals).
+//! runtime serving its connections to the end, with its own upstream connection pool — as
+//! nginx's workers do. A request never changes thread, so no wake-up crosses cores; this cut CPU
+//! per small request by about a sixth against Tokio's work-stealing scheduler
+//! (benches/ANALYSIS.md). One acceptor hands each new connection to the worker with the fewest
+//! open connections (workers racing for `accept` split them unevenly, and the busiest worker then
+//! sets the latency). The calling thread is worker 0 and also runs the acceptor and the
+//! background tasks (token refresh, JWKS, certificate reload, signals).
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +25,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::gateway::Gateway;
@@ -41,13 +44,18 @@ pub fn worker_index() -> usize {
     WORKER_INDEX.with(Cell::get)
 }
 
-/// What every worker needs to accept and serve connections.
+/// A connection on its way from the acceptor to a worker.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// What every worker needs to serve connections.
 #[derive(Clone)]
 struct Worker {
     gateway: Arc<Gateway>,
     tls: Option<TlsAcceptor>,
     /// Becomes `true` when the server shuts down.
     stopping: watch::Receiver<bool>,
+    /// Open connections per worker, which the acceptor balances.
+    open: Arc<[AtomicUsize]>,
 }
 
 pub async fn serve(
@@ -56,22 +64,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let tls = match &gateway.server.tls {
         Some(files) => Some(crate::tls::acceptor(files)?),
         None => None,
     };
     let (stop, stopping) = watch::channel(false);
+    let workers = gateway.server.workers.max(1);
     let worker = Worker {
         gateway: gateway.clone(),
         tls,
         stopping,
+        open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
     };
-    let mut others = Vec::new();
-    for index in 1..gateway.server.workers {
-        others.push(start_worker(index, listener.try_clone()?, worker.clone())?);
+    let (mut handoffs, mut finished) = (Vec::new(), Vec::new());
+    for index in 0..workers {
+        let (handoff, incoming) = mpsc::unbounded_channel();
+        handoffs.push(handoff);
+        finished.push(if index == 0 {
+            let (done, drained) = oneshot::channel();
+            let own = worker.clone();
+            tokio::spawn(async move { done.send(own.run(0, incoming).await) });
+            drained
+        } else {
+            start_worker(index, incoming, worker.clone())?
+        });
     }
     let pruner = tokio::spawn(prune_periodically(gateway.clone()));
-    let own = tokio::spawn(worker.run(TcpListener::from_std(listener)?));
+    tokio::spawn(worker.clone().accept(listener, handoffs));
 
     shutdown.await;
     gateway.draining.store(true, Ordering::Relaxed);
@@ -82,9 +102,9 @@ pub async fn serve(
         "shutting down: no new connections, draining in-flight requests"
     );
     let _ = stop.send(true);
-    let mut drained = own.await.unwrap_or(false);
-    for other in others {
-        drained &= other.await.unwrap_or(false);
+    let mut drained = true;
+    for worker in finished {
+        drained &= worker.await.unwrap_or(false);
     }
     if drained {
         tracing::info!("all connections drained");
@@ -97,45 +117,31 @@ pub async fn serve(
 /// Runs worker `index` on a thread of its own; the receiver says whether it drained in time.
 fn start_worker(
     index: usize,
-    listener: std::net::TcpListener,
+    incoming: mpsc::UnboundedReceiver<Handoff>,
     worker: Worker,
 ) -> anyhow::Result<oneshot::Receiver<bool>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a worker's runtime")?;
-    let (done, finished) = oneshot::channel();
+    let (done, drained) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("kqlgate-worker-{index}"))
         .spawn(move || {
             WORKER_INDEX.with(|cell| cell.set(index));
-            let drained = runtime.block_on(async move {
-                match TcpListener::from_std(listener) {
-                    Ok(listener) => worker.run(listener).await,
-                    Err(error) => {
-                        tracing::error!(%error, worker = index, "worker cannot use the listener");
-                        true
-                    }
-                }
-            });
-            let _ = done.send(drained);
+            let _ = done.send(runtime.block_on(worker.run(index, incoming)));
         })
         .context("cannot start a worker thread")?;
-    Ok(finished)
+    Ok(drained)
 }
 
 impl Worker {
-    /// Accepts until the server stops, then drains this worker's connections; returns whether
-    /// they all finished within the grace period.
-    async fn run(mut self, listener: TcpListener) -> bool {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.gateway.server.header_read_timeout)
-            .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-        let graceful = GracefulShutdown::new();
+    /// Accepts until the server stops, handing each connection to the least busy worker.
+    async fn accept(
+        mut self,
+        listener: TcpListener,
+        handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
+    ) {
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -150,6 +156,57 @@ impl Worker {
                 () = stopped(&mut self.stopping) => break,
             };
             let _ = stream.set_nodelay(true);
+            let least_busy = (0..handoffs.len())
+                .min_by_key(|&index| self.open[index].load(Ordering::Relaxed))
+                .unwrap_or(0);
+            // Counted here, so the next accept already sees it; the worker uncounts it.
+            self.open[least_busy].fetch_add(1, Ordering::Relaxed);
+            let handed = stream
+                .into_std()
+                .map_err(|error| error.to_string())
+                .and_then(|stream| {
+                    handoffs[least_busy]
+                        .send((stream, client))
+                        .map_err(|_| "the worker has stopped".to_owned())
+                });
+            if let Err(error) = handed {
+                self.open[least_busy].fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(%client, %error, "connection dropped before a worker took it");
+            }
+        }
+        // Dropping the listener here refuses new connections while the workers drain.
+    }
+
+    /// Serves the connections handed to worker `index` until the server stops, then drains
+    /// them; returns whether they all finished within the grace period.
+    async fn run(mut self, index: usize, mut incoming: mpsc::UnboundedReceiver<Handoff>) -> bool {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.gateway.server.header_read_timeout)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+        loop {
+            let (stream, client) = tokio::select! {
+                handed = incoming.recv() => match handed {
+                    Some(handed) => handed,
+                    None => break,
+                },
+                () = stopped(&mut self.stopping) => break,
+            };
+            let open = OpenConnection {
+                open: self.open.clone(),
+                index,
+            };
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%client, %error, "cannot serve a connection");
+                    continue;
+                }
+            };
             let gateway = self.gateway.clone();
             let handshake_timeout = gateway.server.header_read_timeout;
             let service = service_fn(move |request| {
@@ -160,6 +217,7 @@ impl Worker {
             let watcher = graceful.watcher();
             let tls = self.tls.clone();
             tokio::spawn(async move {
+                let _open = open;
                 let served = match tls {
                     None => {
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -187,11 +245,22 @@ impl Worker {
                 }
             });
         }
-        drop(listener);
         tokio::select! {
             () = graceful.shutdown() => true,
             () = tokio::time::sleep(self.gateway.server.shutdown_grace) => false,
         }
+    }
+}
+
+/// One open connection of a worker, uncounted when its task ends.
+struct OpenConnection {
+    open: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open[self.index].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
