@@ -140,8 +140,8 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// mimalloc's `arena_eager_commit` (`mi_option_arena_eager_commit` in mimalloc.h; the Rust
 /// bindings do not name it). On by default on Linux, it leaves ~10 MiB of arena memory resident
 /// in an idle proxy and lets streaming raise the peak by a few MiB more; off, pages are committed
-/// as they are used: peak RSS after a 1 GiB answer 29–35 → 20 MiB, for a few % more CPU on small
-/// requests (benches/ANALYSIS.md). `MIMALLOC_ARENA_EAGER_COMMIT=1` in the environment restores it.
+/// as they are used: peak RSS after a 1 GiB answer 29–35 → 20 MiB, for 6–11 % more CPU per small
+/// request (benches/ANALYSIS.md). `MIMALLOC_ARENA_EAGER_COMMIT=1` in the environment restores it.
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// The default must be set before mimalloc initialises (in an ELF constructor, before `main` and

@@ -20,8 +20,23 @@ fn fabrikam() -> TenantSpec {
 }
 
 async fn setup(cluster_extra: &str, tenants: &[TenantSpec]) -> (TestUpstream, Kqlgate) {
+    setup_with_server("", cluster_extra, tenants).await
+}
+
+/// Like `setup`, with `server_extra` added to the `[server]` section.
+async fn setup_with_server(
+    server_extra: &str,
+    cluster_extra: &str,
+    tenants: &[TenantSpec],
+) -> (TestUpstream, Kqlgate) {
     let upstream = TestUpstream::start().await;
-    let gate = Kqlgate::start(&config(&upstream.url(), cluster_extra, "", tenants));
+    let listen = "listen = \"127.0.0.1:0\"";
+    let text = config(&upstream.url(), cluster_extra, "", tenants).replacen(
+        listen,
+        &format!("{listen}\n{server_extra}"),
+        1,
+    );
+    let gate = Kqlgate::start(&text);
     (upstream, gate)
 }
 
@@ -251,12 +266,7 @@ async fn unknown_paths_and_methods_get_envelopes() {
 
 #[tokio::test]
 async fn oversized_and_bomb_bodies_are_413() {
-    let upstream = TestUpstream::start().await;
-    let text = config(&upstream.url(), "", "", &[contoso()]).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nmax_body_bytes = 4096",
-    );
-    let gate = Kqlgate::start(&text);
+    let (upstream, gate) = setup_with_server("max_body_bytes = 4096", "", &[contoso()]).await;
     let big = format!(r#"{{"csl":"{}"}}"#, "x".repeat(5000));
     let response = query(&gate, &contoso(), &big).await;
     assert_eq!(response.status(), 413);
@@ -609,12 +619,7 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_work() {
 #[tokio::test]
 async fn every_worker_drains_its_streams_on_shutdown() {
     const STREAMS: usize = 8;
-    let upstream = TestUpstream::start().await;
-    let text = config(&upstream.url(), "", "", &[contoso()]).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nworkers = 4",
-    );
-    let mut gate = Kqlgate::start(&text);
+    let (upstream, mut gate) = setup_with_server("workers = 4", "", &[contoso()]).await;
     assert!(gate.log().contains("\"workers\":4"), "{}", gate.log());
     let mut responses = Vec::new();
     for _ in 0..STREAMS {
@@ -632,7 +637,8 @@ async fn every_worker_drains_its_streams_on_shutdown() {
         assert_eq!(response.bytes().await.unwrap().len(), 300_000);
     }
     assert_eq!(gate.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(gate.log().contains("all connections drained"));
+    let log = gate.log_when_it_has("all connections drained", Duration::from_secs(5));
+    assert!(log.contains("all connections drained"), "{log}");
 }
 
 /// `timeout_seconds` covers the streamed answer too: a stream still running at the deadline is
@@ -667,12 +673,8 @@ async fn a_stream_outliving_the_timeout_is_cut_off() {
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = TestUpstream::start().await;
-    let text = config(&upstream.url(), "", "", &[contoso()]).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nheader_read_timeout_seconds = 1",
-    );
-    let gate = Kqlgate::start(&text);
+    let (upstream, gate) =
+        setup_with_server("header_read_timeout_seconds = 1", "", &[contoso()]).await;
     let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     stream
         .write_all(b"POST /v1/rest/query HTTP/1.1\r\nHost: kqlgate\r\n")

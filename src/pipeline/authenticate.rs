@@ -48,8 +48,9 @@ pub struct Authenticator {
     key_hashes: Vec<Arc<[PasswordHashString]>>,
     /// Verified against for unknown tenants, so they cost the same time as a wrong key.
     /// Made on first use: computing it costs an argon2 run (and its memory) that a gateway
-    /// nobody probes with unknown names never needs to spend.
-    decoy_hash: std::sync::OnceLock<Arc<[PasswordHashString]>>,
+    /// nobody probes with unknown names never needs to spend. An async cell, so a burst of
+    /// unknown names runs that argon2 once, not once per request.
+    decoy_hash: OnceCell<Arc<[PasswordHashString]>>,
     /// Cost parameters of the first configured key, which the decoy copies.
     decoy_params: argon2::Params,
     /// Random per process: the digests are useless outside it.
@@ -107,7 +108,7 @@ impl Authenticator {
                 .iter()
                 .map(|t| Arc::from(t.key_hashes.clone()))
                 .collect(),
-            decoy_hash: std::sync::OnceLock::new(),
+            decoy_hash: OnceCell::new(),
             decoy_params: tenants
                 .iter()
                 .find_map(|t| t.key_hashes.first())
@@ -231,17 +232,16 @@ impl Authenticator {
     }
 
     async fn decoy(&self) -> Result<Arc<[PasswordHashString]>, ProxyError> {
-        if let Some(decoy) = self.decoy_hash.get() {
-            return Ok(decoy.clone());
-        }
-        let params = self.decoy_params.clone();
-        let made = tokio::task::spawn_blocking(move || decoy_hash(params))
-            .await
-            .map_err(|_| ProxyError::Internal)?;
-        Ok(self
+        let decoy = self
             .decoy_hash
-            .get_or_init(|| Arc::from(vec![made]))
-            .clone())
+            .get_or_try_init(|| async {
+                let params = self.decoy_params.clone();
+                tokio::task::spawn_blocking(move || Arc::from(vec![decoy_hash(params)]))
+                    .await
+                    .map_err(|_| ProxyError::Internal)
+            })
+            .await?;
+        Ok(decoy.clone())
     }
 
     async fn verify(

@@ -153,14 +153,17 @@ impl Kqlgate {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the address is handed over, so `log()` after `start` has the line.
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
                     if event["message"] == "kqlgate listening" {
                         let _ = address_tx.send(event["address"].as_str().unwrap().to_owned());
                     }
                 }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let address = match address_rx.recv_timeout(Duration::from_secs(30)) {
@@ -184,6 +187,19 @@ impl Kqlgate {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The log once it holds `needle`, or as it is after `limit` (lines reach it from a reader
+    /// thread, which may still be catching up after the process has exited).
+    pub fn log_when_it_has(&self, needle: &str, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || std::time::Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The access-log events written so far.
