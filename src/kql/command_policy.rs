@@ -12,18 +12,25 @@
 //! A database named in a command must be the tenant's own; an alias is rewritten to the GUID.
 
 use super::lexer::TokenKind;
-use super::{query_policy, Edit, Refusal, Role, Scope, Source};
+use super::{query_policy, Edit, Options, Refusal, Role, Scope, Source};
 
 /// Why commands outside the allow-list are refused: everything runs as one identity.
 const NOT_ALLOWED: &str =
     "is not allowed through kqlgate (it reaches beyond this tenant's database)";
 
-pub fn check(source: &Source, scope: &Scope, role: Role) -> Result<Vec<Edit>, Refusal> {
+pub fn check(
+    source: &Source,
+    scope: &Scope,
+    role: Role,
+    options: Options,
+) -> Result<Vec<Edit>, Refusal> {
     let (verb, mut at) = hyphenated(source, 1);
-    let verb = verb.ok_or_else(|| source.refuse(0, ".".into(), "must be followed by a command"))?;
+    let verb = verb
+        .ok_or_else(|| source.refuse(0, ".".into(), "must be followed by a command", "command"))?;
     let mut parser = Command {
         source,
         scope,
+        options,
         edits: Vec::new(),
     };
     let (object, next) = hyphenated(source, at);
@@ -34,7 +41,9 @@ pub fn check(source: &Source, scope: &Scope, role: Role) -> Result<Vec<Edit>, Re
         if role == Role::Admin {
             Ok(())
         } else {
-            Err(p.source.refuse(0, named.clone(), "requires the admin role"))
+            Err(p
+                .source
+                .refuse(0, named.clone(), "requires the admin role", "command"))
         }
     };
     let rest = match (verb.as_str(), object.as_str()) {
@@ -64,7 +73,7 @@ pub fn check(source: &Source, scope: &Scope, role: Role) -> Result<Vec<Edit>, Re
             // The body is a query: it is checked below like any other query text.
             return parser.function_definition(at);
         }
-        _ => Err(source.refuse(0, parser.excerpt_to(at), NOT_ALLOWED)),
+        _ => Err(parser.refuse(at, NOT_ALLOWED)),
     }?;
     parser.tail(rest, verb == "show")?;
     Ok(parser.edits)
@@ -73,25 +82,18 @@ pub fn check(source: &Source, scope: &Scope, role: Role) -> Result<Vec<Edit>, Re
 /// A word made of identifiers joined by touching hyphens (`create-or-alter`,
 /// `materialized-views`), lower-cased, and the index after it.
 fn hyphenated(source: &Source, mut at: usize) -> (Option<String>, usize) {
-    let Some(TokenKind::Ident {
-        name,
-        bracketed: false,
-    }) = source.kind(at)
-    else {
+    let Some(name) = source.word(at) else {
         return (None, at);
     };
     let mut word = name.to_lowercase();
     while source.adjacent(at) && source.is_punct(at + 1, '-') && source.adjacent(at + 1) {
-        match source.kind(at + 2) {
-            Some(TokenKind::Ident {
-                name,
-                bracketed: false,
-            }) => {
+        match source.word(at + 2) {
+            Some(name) => {
                 word.push('-');
                 word.push_str(&name.to_lowercase());
                 at += 2;
             }
-            _ => break,
+            None => break,
         }
     }
     (Some(word), at + 1)
@@ -100,12 +102,14 @@ fn hyphenated(source: &Source, mut at: usize) -> (Option<String>, usize) {
 struct Command<'s, 'a> {
     source: &'s Source<'a>,
     scope: &'s Scope<'s>,
+    options: Options,
     edits: Vec<Edit>,
 }
 
 impl Command<'_, '_> {
     fn refuse(&self, at: usize, reason: &str) -> Refusal {
-        self.source.refuse(0, self.excerpt_to(at), reason)
+        self.source
+            .refuse(0, self.excerpt_to(at), reason, "command")
     }
 
     fn excerpt_to(&self, at: usize) -> String {
@@ -114,14 +118,15 @@ impl Command<'_, '_> {
     }
 
     fn is_name(&self, at: usize) -> bool {
-        matches!(self.source.kind(at), Some(TokenKind::Ident { .. }))
+        self.source.is_name(at)
     }
 
     /// A database name the command gives explicitly: the tenant's own, rewritten to the GUID.
     fn own_database(&mut self, at: usize) -> Result<usize, Refusal> {
         let value = match self.source.kind(at) {
-            Some(TokenKind::Ident { name, .. }) => name.clone(),
-            Some(TokenKind::Str { value }) => value.clone(),
+            Some(TokenKind::Ident | TokenKind::Bracketed | TokenKind::Str) => {
+                super::lexer::value(self.source.text, &self.source.tokens[at])
+            }
             _ => return Err(self.refuse(at, "must name a database")),
         };
         if !self.scope.owns(&value) {
@@ -129,11 +134,12 @@ impl Command<'_, '_> {
                 at,
                 format!("database {:?}", super::shorten(&value)),
                 "names a database outside this tenant",
+                "database",
             ));
         }
         if !value.eq_ignore_ascii_case(self.scope.database) {
             self.edits.push(Edit {
-                span: self.source.tokens[at].span.clone(),
+                span: self.source.tokens[at].span(),
                 replacement: format!("[\"{}\"]", self.scope.database),
             });
         }
@@ -184,11 +190,9 @@ impl Command<'_, '_> {
     /// `.show database [own] schema …` or `.show database own policy …`.
     fn show_database(&mut self, mut at: usize) -> Result<usize, Refusal> {
         let keyword = |c: &Self, i: usize| {
-            matches!(
-                c.source.kind(i),
-                Some(TokenKind::Ident { name, bracketed: false })
-                    if matches!(name.to_lowercase().as_str(), "schema" | "policy" | "cslschema")
-            )
+            ["schema", "policy", "cslschema"]
+                .iter()
+                .any(|word| c.source.is_word(i, word))
         };
         if !keyword(self, at) {
             at = self.own_database(at)?;
@@ -216,8 +220,9 @@ impl Command<'_, '_> {
     }
 
     fn policy(&self, at: usize) -> Result<usize, Refusal> {
-        let kind = self.source.ident(at + 1).unwrap_or_default();
-        if self.source.is_ident(at, "policy") && matches!(kind.as_str(), "caching" | "retention") {
+        let kind_ok =
+            self.source.is_word(at + 1, "caching") || self.source.is_word(at + 1, "retention");
+        if self.source.is_word(at, "policy") && kind_ok {
             Ok(at + 2)
         } else {
             Err(self.refuse(at + 1, "may change only the caching and retention policies"))
@@ -236,11 +241,14 @@ impl Command<'_, '_> {
             return Err(self.refuse(at, "must give the table's columns as (name:type, …)"));
         }
         let mut i = at + 1;
-        while let Some(kind) = self.source.kind(i) {
-            match kind {
-                TokenKind::Punct(')') => return Ok(i + 1),
-                TokenKind::Ident { .. } | TokenKind::Punct(':' | ',') => i += 1,
-                _ => return Err(self.refuse(i, "has a malformed column list")),
+        while i < self.source.tokens.len() {
+            if self.source.is_punct(i, ')') {
+                return Ok(i + 1);
+            }
+            if self.is_name(i) || self.source.is_punct(i, ':') || self.source.is_punct(i, ',') {
+                i += 1;
+            } else {
+                return Err(self.refuse(i, "has a malformed column list"));
             }
         }
         Err(self.refuse(i, "has an unclosed column list"))
@@ -259,8 +267,8 @@ impl Command<'_, '_> {
         if let Some(dot) = (at..body).find(|&i| self.source.is_punct(i, '.')) {
             return Err(self.refuse(dot, "names an entity outside this tenant's database"));
         }
-        self.edits
-            .extend(query_policy::check(self.source, at..end, self.scope)?);
+        let body = query_policy::check(self.source, at..end, self.scope, self.options)?;
+        self.edits.extend(body);
         Ok(self.edits)
     }
 
@@ -271,30 +279,26 @@ impl Command<'_, '_> {
         let end = self.source.tokens.len();
         let mut i = at;
         while i < end {
-            if self.source.is_ident(i, "with") && self.source.is_punct(i + 1, '(') {
+            let source = self.source;
+            if source.is_word(i, "with") && source.is_punct(i + 1, '(') {
                 i = self.with_options(i + 2)?;
                 continue;
             }
-            match self.source.kind(i) {
-                Some(TokenKind::Punct('|'))
-                    if show && !self.source.is_punct(i.wrapping_sub(1), '<') =>
-                {
-                    let edits = query_policy::check(self.source, i + 1..end, self.scope)?;
-                    self.edits.extend(edits);
-                    return Ok(());
-                }
-                Some(TokenKind::Punct('<')) if self.source.is_punct(i + 1, '|') => {
-                    return Err(self.refuse(i, "may not take a query as input (`<|`)"))
-                }
-                Some(TokenKind::Punct('.' | '(' | ')' | '[' | ']' | '{' | '}' | ';')) => {
-                    return Err(self.refuse(i, NOT_ALLOWED))
-                }
-                Some(TokenKind::Ident { name, .. })
-                    if matches!(name.to_lowercase().as_str(), "database" | "cluster") =>
-                {
-                    return Err(self.refuse(i, NOT_ALLOWED))
-                }
-                _ => {}
+            if source.is_punct(i, '|') && show && !source.is_punct(i.wrapping_sub(1), '<') {
+                let edits = query_policy::check(source, i + 1..end, self.scope, self.options)?;
+                self.edits.extend(edits);
+                return Ok(());
+            }
+            if source.is_punct(i, '<') && source.is_punct(i + 1, '|') {
+                return Err(self.refuse(i, "may not take a query as input (`<|`)"));
+            }
+            let structure = ['.', '(', ')', '[', ']', '{', '}', ';']
+                .iter()
+                .any(|&c| source.is_punct(i, c))
+                || source.kind(i) == Some(TokenKind::DotDot);
+            let names_elsewhere = source.is_word(i, "database") || source.is_word(i, "cluster");
+            if structure || names_elsewhere {
+                return Err(self.refuse(i, NOT_ALLOWED));
             }
             i += 1;
         }
@@ -304,13 +308,17 @@ impl Command<'_, '_> {
     /// `with (name = value, …)` options: names, literals, numbers, `=` and `,` only.
     fn with_options(&self, mut i: usize) -> Result<usize, Refusal> {
         while let Some(kind) = self.source.kind(i) {
-            match kind {
-                TokenKind::Punct(')') => return Ok(i + 1),
-                TokenKind::Ident { .. }
-                | TokenKind::Str { .. }
-                | TokenKind::Number
-                | TokenKind::Punct('=' | ',') => i += 1,
-                _ => return Err(self.refuse(i, "has a malformed with (…) clause")),
+            if self.source.is_punct(i, ')') {
+                return Ok(i + 1);
+            }
+            let value = matches!(
+                kind,
+                TokenKind::Ident | TokenKind::Bracketed | TokenKind::Str | TokenKind::Number
+            );
+            if value || self.source.is_punct(i, '=') || self.source.is_punct(i, ',') {
+                i += 1;
+            } else {
+                return Err(self.refuse(i, "has a malformed with (…) clause"));
             }
         }
         Err(self.refuse(i, "has an unclosed with (…) clause"))

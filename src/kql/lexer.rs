@@ -9,36 +9,67 @@
 //! - the `h`/`H` obfuscation prefix on every form of literal;
 //! - `//` comments to the end of the line, `#` directives to the end of the line;
 //! - bracketed names `['…']` / `["…"]`, whose inside may be any literal form, joined;
-//! - identifiers (letters, digits, `_`, `$`), numbers, and punctuation.
+//! - typed literals `datetime(…)`, `timespan(…)`, `guid(…)`… scanned raw up to `)`, as Kusto does;
+//! - identifiers (letters, digits, `_`, `$`), numbers and timespans, punctuation, the range `..`;
+//! - whitespace exactly as Kusto's `TextFacts.IsWhitespace` (U+00A0, U+200B, U+3000… included).
 //!
 //! Anything it cannot lex with certainty — an unterminated literal, an unknown escape, a
 //! character KQL has no use for — is an error, so the guard refuses rather than guesses. It is a
 //! single forward pass (linear in the input) and it never panics: all indexing is by `char`
-//! boundaries found through `char_indices`-style scanning.
+//! boundaries. A token is 12 bytes: its kind and its span. The decoded value of a literal or a
+//! bracketed name is made only when a rule asks for it ([`value`]), so lexing allocates nothing
+//! but the token list, and that list is bounded by [`MAX_TOKENS`].
 
+use std::borrow::Cow;
 use std::ops::Range;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Tokens in one text, at most. A 50 KB dashboard query has about 10,000; this bounds the
+/// guard's memory for a pathological text (1 MB of `(`) at 12 bytes a token.
+pub const MAX_TOKENS: usize = 200_000;
+/// Nesting of `(`, `[` and `{`, at most: far beyond any real query, and a bound on what Kusto's
+/// own recursive parser is asked to take on.
+pub const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenKind {
-    /// A name: a plain identifier, or a bracketed name (`['…']`) with its decoded text.
-    Ident { name: String, bracketed: bool },
-    /// A string literal, escapes decoded.
-    Str { value: String },
-    /// A number, timespan or other token starting with a digit (`10`, `1.5`, `1d`, `1e6`).
+    /// A plain identifier; its name is the text of its span.
+    Ident,
+    /// A bracketed name (`['…']`); [`value`] decodes it.
+    Bracketed,
+    /// A string literal; [`value`] decodes it.
+    Str,
+    /// A number, timespan, typed literal (`datetime(…)`) or raw GUID.
     Number,
-    /// One punctuation character; `=~` and `!~` are kept together as two-character operators.
-    Punct(char),
+    /// One punctuation character, or `=~` / `!~` (whose first character tells them apart).
+    Punct,
+    /// The range operator `..`.
+    DotDot,
     /// `// …` to the end of the line.
     Comment,
     /// `# …` to the end of the line.
     Directive,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token {
     pub kind: TokenKind,
-    /// Byte range in the text.
-    pub span: Range<usize>,
+    /// Byte offsets in the text (`u32`: texts are bounded far below 4 GiB by the body limit).
+    start: u32,
+    end: u32,
+}
+
+impl Token {
+    pub fn span(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
+    pub fn start(&self) -> usize {
+        self.start as usize
+    }
+
+    pub fn end(&self) -> usize {
+        self.end as usize
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +77,8 @@ pub struct LexError {
     pub message: String,
     /// Byte offset where the problem starts.
     pub offset: usize,
+    /// The text breaks one of kqlgate's size limits, rather than being unreadable.
+    pub over_limit: bool,
 }
 
 /// Punctuation KQL uses; any other character outside literals and comments is refused.
@@ -54,14 +87,38 @@ const PUNCTUATION: &[char] = &[
     '%', '?',
 ];
 
+/// Every token of `text`, comments included.
 pub fn lex(text: &str) -> Result<Vec<Token>, LexError> {
-    let mut lexer = Lexer {
-        text,
-        pos: 0,
-        tokens: Vec::new(),
+    Lexer::new(text, true).run()
+}
+
+/// The tokens the guard's policies look at: comments left out (directives kept, to be refused).
+pub fn lex_significant(text: &str) -> Result<Vec<Token>, LexError> {
+    Lexer::new(text, false).run()
+}
+
+/// The meaning of a token: the decoded value of a string literal or bracketed name, the text of
+/// anything else.
+pub fn value<'t>(text: &'t str, token: &Token) -> Cow<'t, str> {
+    let source = &text[token.span()];
+    let mut decoded = String::new();
+    let mut lexer = Lexer::new(source, false);
+    let ok = match token.kind {
+        TokenKind::Str => {
+            if matches!(lexer.peek(), Some('h' | 'H')) {
+                lexer.pos += 1;
+            }
+            lexer.literal(Some(&mut decoded)).is_ok()
+        }
+        TokenKind::Bracketed => {
+            lexer.pos += 1; // `[`
+            matches!(lexer.bracketed_name(Some(&mut decoded)), Ok(true))
+        }
+        _ => return Cow::Borrowed(source),
     };
-    lexer.run()?;
-    Ok(lexer.tokens)
+    // The token was lexed from this very text, so decoding it again cannot fail.
+    debug_assert!(ok, "re-decoding {source:?} failed");
+    Cow::Owned(decoded)
 }
 
 /// 1-based line and column (in characters) of a byte offset, for messages.
@@ -80,17 +137,15 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
     offset
 }
 
-struct Lexer<'a> {
-    text: &'a str,
-    pos: usize,
-    tokens: Vec<Token>,
-}
-
-fn error<T>(message: impl Into<String>, offset: usize) -> Result<T, LexError> {
-    Err(LexError {
-        message: message.into(),
-        offset,
-    })
+/// Kusto's whitespace (`TextFacts.IsWhitespace`, read off Kusto.Language 12.4.1 for every UTF-16
+/// code unit): tab, LF, FF, CR, space, and the Unicode spaces pasted from web pages. U+000B,
+/// U+0085, U+2028 and U+2029 are not whitespace to Kusto (the last two end a comment).
+pub fn is_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{180e}' | '\u{2000}'
+            ..='\u{200b}' | '\u{202f}' | '\u{205f}' | '\u{3000}' | '\u{feff}'
+    )
 }
 
 /// Kusto's identifiers are ASCII (`TextFacts.IsLetter`); any other character outside a literal
@@ -115,16 +170,8 @@ const RAW_VALUE_KEYWORDS: &[&str] = &[
 /// parentheses hold nothing a raw scan would swallow differently.
 const FORMERLY_RAW_KEYWORDS: &[&str] = &["typeof", "uuid", "uniqueid"];
 
-/// Timespan units Kusto accepts after a number (`1d`, `10ms`, `2.5hours`).
+/// Timespan units Kusto accepts after a number (`TokenParser.TimespanSuffixes`).
 const TIMESPAN_UNITS: &[&str] = &[
-    "d",
-    "day",
-    "days",
-    "h",
-    "hr",
-    "hrs",
-    "hour",
-    "hours",
     "m",
     "min",
     "minute",
@@ -133,30 +180,48 @@ const TIMESPAN_UNITS: &[&str] = &[
     "sec",
     "second",
     "seconds",
+    "d",
+    "day",
+    "days",
+    "h",
+    "hr",
+    "hrs",
+    "hour",
+    "hours",
     "ms",
     "milli",
     "millis",
     "millisec",
     "millisecond",
     "milliseconds",
+    "micro",
+    "micros",
     "microsec",
     "microsecond",
     "microseconds",
+    "nano",
+    "nanos",
+    "nanosec",
+    "nanosecond",
+    "nanoseconds",
     "tick",
     "ticks",
 ];
 
-/// What a raw value may hold; anything else (a quote, a comment, a bracket…) is refused, as
-/// the two lexers would read it differently.
+/// What an unquoted raw value may hold; anything else (a quote, a comment, a bracket…) is
+/// refused, as a raw scan and a token-by-token reading would disagree.
 fn is_raw_value_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | ':' | '.' | '+' | '*' | ',' | '_')
 }
 
-fn ident_kind(name: &str) -> TokenKind {
-    TokenKind::Ident {
-        name: name.to_owned(),
-        bracketed: false,
-    }
+/// What a quoted raw value (`datetime("2015-01-01")`, as the docs write it) may hold between
+/// its quotes: anything on one line but a quote, a backslash or `)`, so that the raw scan up to
+/// `)` and a reading as a string literal end at the same place.
+fn is_quoted_raw_value_char(c: char) -> bool {
+    !matches!(
+        c,
+        '\'' | '"' | '\\' | ')' | '\n' | '\r' | '\u{2028}' | '\u{2029}'
+    )
 }
 
 /// `8-4-4-4-12` hex digits: Kusto's raw GUID token, taken before identifiers and numbers.
@@ -172,7 +237,33 @@ fn raw_guid_len(text: &str) -> Option<usize> {
     ok.then_some(36)
 }
 
+fn error<T>(message: impl Into<String>, offset: usize) -> Result<T, LexError> {
+    Err(LexError {
+        message: message.into(),
+        offset,
+        over_limit: false,
+    })
+}
+
+struct Lexer<'a> {
+    text: &'a str,
+    pos: usize,
+    tokens: Vec<Token>,
+    keep_comments: bool,
+    depth: usize,
+}
+
 impl<'a> Lexer<'a> {
+    fn new(text: &'a str, keep_comments: bool) -> Lexer<'a> {
+        Lexer {
+            text,
+            pos: 0,
+            tokens: Vec::new(),
+            keep_comments,
+            depth: 0,
+        }
+    }
+
     fn rest(&self) -> &'a str {
         &self.text[self.pos..]
     }
@@ -185,73 +276,76 @@ impl<'a> Lexer<'a> {
         self.rest().chars().nth(n)
     }
 
-    fn push(&mut self, kind: TokenKind, start: usize) {
+    fn push(&mut self, kind: TokenKind, start: usize) -> Result<(), LexError> {
+        if self.tokens.len() == MAX_TOKENS {
+            return Err(LexError {
+                message: format!("has more than {MAX_TOKENS} tokens, kqlgate's limit for a query"),
+                offset: start,
+                over_limit: true,
+            });
+        }
         self.tokens.push(Token {
             kind,
-            span: start..self.pos,
+            start: start as u32,
+            end: self.pos as u32,
         });
+        Ok(())
     }
 
-    fn run(&mut self) -> Result<(), LexError> {
+    fn run(mut self) -> Result<Vec<Token>, LexError> {
+        if u32::try_from(self.text.len()).is_err() {
+            return Err(LexError {
+                message: "is too long".into(),
+                offset: 0,
+                over_limit: true,
+            });
+        }
         while let Some(c) = self.peek() {
             let start = self.pos;
             match c {
-                ' ' | '\t' | '\n' | '\r' => self.pos += 1,
+                c if is_whitespace(c) => self.pos += c.len_utf8(),
                 '/' if self.rest().starts_with("//") => {
                     self.skip_to_line_end();
-                    self.push(TokenKind::Comment, start);
+                    if self.keep_comments {
+                        self.push(TokenKind::Comment, start)?;
+                    }
                 }
                 '#' => {
                     self.skip_to_line_end();
-                    self.push(TokenKind::Directive, start);
+                    self.push(TokenKind::Directive, start)?;
                 }
                 '[' => self.bracket(start)?,
                 '=' | '!' if self.peek_at(1) == Some('~') => {
                     self.pos += 2;
-                    self.push(TokenKind::Punct(c), start);
+                    self.push(TokenKind::Punct, start)?;
+                }
+                '.' if self.peek_at(1) == Some('.') => {
+                    self.pos += 2;
+                    self.push(TokenKind::DotDot, start)?;
                 }
                 // The case-insensitive operators `in~`, `!in~`, `has_any~`…: a `~` touching
                 // the word before it is part of that operator, not the start of a `~~~` string.
-                '~' if self.follows_word(start) => {
+                '~' if self.follows_word(start, "in") => {
                     self.pos += 1;
-                    self.push(TokenKind::Punct('~'), start);
+                    self.push(TokenKind::Punct, start)?;
                 }
                 _ if self.starts_literal() => {
-                    let value = self.literal()?;
-                    self.push(TokenKind::Str { value }, start);
+                    self.literal(None)?;
+                    self.push(TokenKind::Str, start)?;
                 }
                 c if c.is_ascii_hexdigit() && raw_guid_len(self.rest()).is_some() => {
                     self.pos += 36;
-                    self.push(TokenKind::Number, start);
+                    self.push(TokenKind::Number, start)?;
                 }
-                c if is_ident_start(c) => {
-                    let name = self.identifier();
-                    if self.peek() == Some('$') {
-                        // `x$`: Kusto's lexer splits it, its parser reads one name; refuse.
-                        return error("`$` inside a name", self.pos);
-                    }
-                    if RAW_VALUE_KEYWORDS.contains(&name) && self.peek() == Some('(') {
-                        self.raw_value(start)?;
-                        self.push(TokenKind::Number, start);
-                    } else if FORMERLY_RAW_KEYWORDS.contains(&name) && self.peek() == Some('(') {
-                        let keyword_end = self.pos;
-                        self.raw_value(start)?;
-                        self.pos = keyword_end;
-                        self.push(ident_kind(name), start);
-                    } else if matches!(name, "h" | "H") && self.starts_literal() {
-                        let value = self.literal()?;
-                        self.push(TokenKind::Str { value }, start);
-                    } else {
-                        self.push(ident_kind(name), start);
-                    }
-                }
+                c if is_ident_start(c) => self.word(start)?,
                 c if c.is_ascii_digit() => {
-                    let kind = self.number_or_name(start);
-                    self.push(kind, start);
+                    let kind = self.number_or_name();
+                    self.push(kind, start)?;
                 }
                 c if PUNCTUATION.contains(&c) => {
+                    self.nest(c, start)?;
                     self.pos += 1;
-                    self.push(TokenKind::Punct(c), start);
+                    self.push(TokenKind::Punct, start)?;
                 }
                 c => {
                     return error(
@@ -261,22 +355,87 @@ impl<'a> Lexer<'a> {
                 }
             }
         }
+        Ok(self.tokens)
+    }
+
+    /// Keeps count of open brackets, refusing nesting beyond [`MAX_DEPTH`].
+    fn nest(&mut self, c: char, start: usize) -> Result<(), LexError> {
+        match c {
+            '(' | '[' | '{' => {
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return Err(LexError {
+                        message: format!(
+                            "nests brackets more than {MAX_DEPTH} deep, kqlgate's limit for a query"
+                        ),
+                        offset: start,
+                        over_limit: true,
+                    });
+                }
+            }
+            ')' | ']' | '}' => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
         Ok(())
     }
 
-    /// Whether a `~` at `at` completes the keyword `in~` (also in `!in~`).
-    fn follows_word(&self, at: usize) -> bool {
+    /// An identifier, or one of the words that start something else: a typed literal
+    /// (`datetime(…)`) or an obfuscated string (`h'…'`).
+    fn word(&mut self, start: usize) -> Result<(), LexError> {
+        let name = self.identifier();
+        if self.peek() == Some('$') {
+            // `x$`: Kusto's lexer splits it, its parser reads one name; refuse.
+            return error("`$` inside a name", self.pos);
+        }
+        if RAW_VALUE_KEYWORDS.contains(&name) && self.peek() == Some('(') {
+            self.raw_value(start)?;
+            self.push(TokenKind::Number, start)
+        } else if FORMERLY_RAW_KEYWORDS.contains(&name) && self.peek() == Some('(') {
+            let keyword_end = self.pos;
+            self.raw_value(start)?;
+            self.pos = keyword_end;
+            self.push(TokenKind::Ident, start)
+        } else if matches!(name, "h" | "H") && self.starts_literal() {
+            self.literal(None)?;
+            self.push(TokenKind::Str, start)
+        } else {
+            self.push(TokenKind::Ident, start)
+        }
+    }
+
+    /// Whether the token just before `at` is the word `word`, touching it.
+    fn follows_word(&self, at: usize, word: &str) -> bool {
         self.tokens.last().is_some_and(|t| {
-            t.span.end == at
-                && matches!(&t.kind, TokenKind::Ident { name, bracketed: false } if name == "in")
+            t.end() == at && t.kind == TokenKind::Ident && &self.text[t.span()] == word
         })
     }
 
-    /// `keyword(raw value)`: the parentheses and what they hold, as one token.
+    /// `keyword(raw value)`: the parentheses and what they hold, as one token. The value is
+    /// either unquoted (`2020-01-01 10:00`) or one quoted string (`"2015-01-01"`).
     fn raw_value(&mut self, start: usize) -> Result<(), LexError> {
         let body = &self.rest()[1..];
-        let Some(end) = body.find(|c: char| !is_raw_value_char(c)) else {
-            return error("typed literal is never closed", start);
+        let end = match body.trim_start_matches(' ').chars().next() {
+            Some(quote @ ('\'' | '"')) => {
+                let lead = body.len() - body.trim_start_matches(' ').len();
+                let inside = &body[lead + 1..];
+                let close = inside.find(|c: char| !is_quoted_raw_value_char(c));
+                match close {
+                    Some(i) if inside[i..].starts_with(quote) => {
+                        let after = lead + 1 + i + 1;
+                        after + (body[after..].len() - body[after..].trim_start_matches(' ').len())
+                    }
+                    _ => {
+                        return error(
+                            "typed literal holds a string kqlgate cannot read with certainty",
+                            start,
+                        )
+                    }
+                }
+            }
+            _ => match body.find(|c: char| !is_raw_value_char(c)) {
+                Some(end) => end,
+                None => return error("typed literal is never closed", start),
+            },
         };
         if !body[end..].starts_with(')') {
             return error(
@@ -309,60 +468,27 @@ impl<'a> Lexer<'a> {
         &self.text[start..self.pos]
     }
 
-    /// A number (`10`, `1.5`, `1e6`, `1.e5`), a timespan (`1d`, `10ms`, `1.5h`), or a name
-    /// that starts with digits (`1abc`, `3rdParty`), as Kusto's lexer tells them apart.
-    fn number_or_name(&mut self, start: usize) -> TokenKind {
-        self.digits();
-        let integer_end = self.pos;
-        let mut fraction = false;
-        if self.peek() == Some('.') && self.peek_at(1).is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-            self.digits();
-            fraction = true;
-        } else if self.peek() == Some('.') && self.exponent_at(1) > 0 {
-            self.pos += 1; // `1.e5`
-            fraction = true;
-        }
-        self.pos += self.exponent_at(0);
-        let suffix_start = self.pos;
-        while self.peek().is_some_and(is_ident_char) {
-            self.pos += 1;
-        }
-        let suffix = &self.text[suffix_start..self.pos];
-        if suffix.is_empty() || TIMESPAN_UNITS.contains(&suffix) {
-            return TokenKind::Number;
-        }
-        if fraction {
-            // `1.5abc` is `1`, `.`, `5abc` to Kusto.
-            self.pos = integer_end;
-            return TokenKind::Number;
-        }
-        TokenKind::Ident {
-            name: self.text[start..self.pos].to_owned(),
-            bracketed: false,
-        }
-    }
-
-    fn digits(&mut self) {
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
-    }
-
-    /// The length of an exponent (`e5`, `E-3`) starting `n` characters ahead, or 0.
-    fn exponent_at(&self, n: usize) -> usize {
-        if !matches!(self.peek_at(n), Some('e' | 'E')) {
-            return 0;
-        }
-        let sign = usize::from(matches!(self.peek_at(n + 1), Some('+' | '-')));
-        let mut len = 1 + sign;
-        while self.peek_at(n + len).is_some_and(|c| c.is_ascii_digit()) {
-            len += 1;
-        }
-        if len > 1 + sign {
-            len
-        } else {
-            0
+    /// What a token starting with a digit is, tried in Kusto's order (`TokenParser`): a real
+    /// (`1.5`, `1e6`, `1.`), a timespan (`1d`, `1.5h`), a long (`10`, `0x1F`), else a name that
+    /// starts with digits (`1abc`, `3rdParty`). Each must not run into an identifier character.
+    fn number_or_name(&mut self) -> TokenKind {
+        let rest = self.rest().as_bytes();
+        let len = real_len(rest)
+            .or_else(|| timespan_len(rest))
+            .or_else(|| long_len(rest));
+        match len {
+            Some(len) => {
+                self.pos += len;
+                TokenKind::Number
+            }
+            None => {
+                let len = rest
+                    .iter()
+                    .position(|&b| !is_ident_char(b as char))
+                    .unwrap_or(rest.len());
+                self.pos += len;
+                TokenKind::Ident
+            }
         }
     }
 
@@ -376,8 +502,9 @@ impl<'a> Lexer<'a> {
             || rest.starts_with("~~~")
     }
 
-    /// One literal (its `h` prefix, if any, already consumed); returns its value.
-    fn literal(&mut self) -> Result<String, LexError> {
+    /// One literal (its `h` prefix, if any, already consumed), its value decoded into `value`
+    /// when one is given.
+    fn literal(&mut self, value: Option<&mut String>) -> Result<(), LexError> {
         let start = self.pos;
         let rest = self.rest();
         if let Some(fence) = ["```", "~~~"].into_iter().find(|f| rest.starts_with(f)) {
@@ -385,60 +512,72 @@ impl<'a> Lexer<'a> {
             let Some(end) = body.find(fence) else {
                 return error(format!("multi-line string {fence} is never closed"), start);
             };
+            if let Some(value) = value {
+                value.push_str(&body[..end]);
+            }
             self.pos += 3 + end + 3;
-            return Ok(body[..end].to_owned());
+            return Ok(());
         }
         if let Some(quote_char) = rest.strip_prefix('@').and_then(|r| r.chars().next()) {
             self.pos += 1;
-            return self.verbatim(quote_char, start);
+            return self.verbatim(quote_char, start, value);
         }
         let quote_char = rest.chars().next().unwrap_or('\'');
-        self.quoted(quote_char, start)
+        self.quoted(quote_char, start, value)
     }
 
     /// `@'…'`: no escapes; a doubled quote is one quote; no line breaks.
-    fn verbatim(&mut self, quote_char: char, start: usize) -> Result<String, LexError> {
+    fn verbatim(
+        &mut self,
+        quote_char: char,
+        start: usize,
+        mut value: Option<&mut String>,
+    ) -> Result<(), LexError> {
         self.pos += 1; // opening quote
-        let mut value = String::new();
         loop {
-            match self.peek() {
+            let c = match self.peek() {
                 None | Some('\n' | '\r') => return error("string literal is never closed", start),
-                Some(c) if c == quote_char => {
-                    self.pos += 1;
-                    if self.peek() == Some(quote_char) {
-                        value.push(quote_char);
-                        self.pos += 1;
-                    } else {
-                        return Ok(value);
-                    }
+                Some(c) => c,
+            };
+            self.pos += c.len_utf8();
+            if c == quote_char {
+                if self.peek() != Some(quote_char) {
+                    return Ok(());
                 }
-                Some(c) => {
-                    value.push(c);
-                    self.pos += c.len_utf8();
-                }
+                self.pos += 1;
+            }
+            if let Some(value) = value.as_deref_mut() {
+                value.push(c);
             }
         }
     }
 
     /// `'…'` or `"…"` with backslash escapes; no line breaks.
-    fn quoted(&mut self, quote_char: char, start: usize) -> Result<String, LexError> {
+    fn quoted(
+        &mut self,
+        quote_char: char,
+        start: usize,
+        mut value: Option<&mut String>,
+    ) -> Result<(), LexError> {
         self.pos += 1;
-        let mut value = String::new();
         loop {
-            match self.peek() {
+            let c = match self.peek() {
                 None | Some('\n' | '\r') => return error("string literal is never closed", start),
                 Some('\\') => {
                     let escape_at = self.pos;
                     self.pos += 1;
-                    value.push(self.escape(escape_at)?);
+                    self.escape(escape_at)?
                 }
                 Some(c) => {
                     self.pos += c.len_utf8();
                     if c == quote_char {
-                        return Ok(value);
+                        return Ok(());
                     }
-                    value.push(c);
+                    c
                 }
+            };
+            if let Some(value) = value.as_deref_mut() {
+                value.push(c);
             }
         }
     }
@@ -468,6 +607,7 @@ impl<'a> Lexer<'a> {
         let malformed = || LexError {
             message: format!("malformed escape sequence \\{c}"),
             offset: escape_at,
+            over_limit: false,
         };
         let code = match c {
             'u' => {
@@ -494,12 +634,12 @@ impl<'a> Lexer<'a> {
             // Kusto's lexer and its decoder disagree on these (`\\400`, `\\U00000041`), so
             // what the cluster would read is not certain: refuse them.
             'U' | '0'..='7' => {
-                return Err(LexError {
-                    message: format!(
+                return error(
+                    format!(
                         "the escape \\{c}… is ambiguous in Kusto; write the character or use \\u"
                     ),
-                    offset: escape_at,
-                })
+                    escape_at,
+                )
             }
             _ => return error(format!("unknown escape sequence \\{c}"), escape_at),
         };
@@ -521,23 +661,17 @@ impl<'a> Lexer<'a> {
     fn bracket(&mut self, start: usize) -> Result<(), LexError> {
         self.pos += 1;
         let after_bracket = self.pos;
-        if let Some(name) = self.bracketed_name()? {
-            self.push(
-                TokenKind::Ident {
-                    name,
-                    bracketed: true,
-                },
-                start,
-            );
+        if self.bracketed_name(None)? {
+            self.push(TokenKind::Bracketed, start)
         } else {
             self.pos = after_bracket;
-            self.push(TokenKind::Punct('['), start);
+            self.nest('[', start)?;
+            self.push(TokenKind::Punct, start)
         }
-        Ok(())
     }
 
-    fn bracketed_name(&mut self) -> Result<Option<String>, LexError> {
-        let mut name = String::new();
+    /// After `[`: joined literals and `]`, the name decoded into `name` when one is given.
+    fn bracketed_name(&mut self, mut name: Option<&mut String>) -> Result<bool, LexError> {
         let mut literals = 0;
         loop {
             self.skip_blank();
@@ -552,14 +686,14 @@ impl<'a> Lexer<'a> {
             if !self.starts_literal() {
                 break;
             }
-            name.push_str(&self.literal()?);
+            self.literal(name.as_deref_mut())?;
             literals += 1;
         }
         if literals > 0 && self.peek() == Some(']') {
             self.pos += 1;
-            Ok(Some(name))
+            Ok(true)
         } else {
-            Ok(None)
+            Ok(false)
         }
     }
 
@@ -567,7 +701,7 @@ impl<'a> Lexer<'a> {
     fn skip_blank(&mut self) {
         loop {
             match self.peek() {
-                Some(' ' | '\t' | '\n' | '\r') => self.pos += 1,
+                Some(c) if is_whitespace(c) => self.pos += c.len_utf8(),
                 Some('/') if self.rest().starts_with("//") => self.skip_to_line_end(),
                 _ => return,
             }
@@ -575,40 +709,110 @@ impl<'a> Lexer<'a> {
     }
 }
 
+// === Numbers, as `TokenParser` scans them ===
+
+fn digits_len(text: &[u8]) -> usize {
+    text.iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
+fn ends_clean(text: &[u8], len: usize) -> Option<usize> {
+    let runs_on = text.get(len).is_some_and(|&b| is_ident_char(b as char));
+    (!runs_on).then_some(len)
+}
+
+/// `e5`, `E-3`: the exponent's length, or 0.
+fn exponent_len(text: &[u8]) -> usize {
+    if !matches!(text.first(), Some(b'e' | b'E')) {
+        return 0;
+    }
+    let sign = usize::from(matches!(text.get(1), Some(b'+' | b'-')));
+    match digits_len(&text[1 + sign..]) {
+        0 => 0,
+        n => 1 + sign + n,
+    }
+}
+
+/// `1.5`, `1.`, `1.5e3`, `1e6` (`ScanRealLiteral`); `1..2` is a long and a range.
+fn real_len(text: &[u8]) -> Option<usize> {
+    let mut len = digits_len(text);
+    if text.get(len) == Some(&b'.')
+        && (text.get(len + 1) != Some(&b'.') || text.get(len + 2) == Some(&b'.'))
+    {
+        len += 1;
+        len += digits_len(&text[len..]);
+        len += exponent_len(&text[len..]);
+    } else {
+        match exponent_len(&text[len..]) {
+            0 => return None,
+            n => len += n,
+        }
+    }
+    ends_clean(text, len)
+}
+
+/// `1d`, `1.5h`, `10ms` (`ScanTimespanLiteral`): the longest unit that fits.
+fn timespan_len(text: &[u8]) -> Option<usize> {
+    let mut len = digits_len(text);
+    if text.get(len) == Some(&b'.') {
+        let fraction = digits_len(&text[len + 1..]);
+        if fraction > 0 {
+            len += 1 + fraction;
+        }
+    }
+    let unit = TIMESPAN_UNITS
+        .iter()
+        .filter(|unit| text[len..].starts_with(unit.as_bytes()))
+        .map(|unit| unit.len())
+        .max()?;
+    ends_clean(text, len + unit)
+}
+
+/// `10`, `0x1F` (`ScanLongLiteral`).
+fn long_len(text: &[u8]) -> Option<usize> {
+    if text.starts_with(b"0x") || text.starts_with(b"0X") {
+        let hex = text[2..]
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        if hex > 0 {
+            if let Some(len) = ends_clean(text, 2 + hex) {
+                return Some(len);
+            }
+        }
+    }
+    ends_clean(text, digits_len(text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn kinds(text: &str) -> Vec<TokenKind> {
+    fn tokens(text: &str) -> Vec<(TokenKind, String)> {
         lex(text)
             .unwrap_or_else(|e| panic!("{text:?}: {e:?}"))
-            .into_iter()
-            .map(|t| t.kind)
+            .iter()
+            .map(|t| (t.kind, value(text, t).into_owned()))
             .collect()
+    }
+
+    fn kinds(text: &str) -> Vec<TokenKind> {
+        tokens(text).into_iter().map(|(k, _)| k).collect()
     }
 
     fn strings(text: &str) -> Vec<String> {
-        kinds(text)
+        tokens(text)
             .into_iter()
-            .filter_map(|k| match k {
-                TokenKind::Str { value } => Some(value),
-                _ => None,
-            })
+            .filter(|(k, _)| *k == TokenKind::Str)
+            .map(|(_, v)| v)
             .collect()
     }
 
-    fn ident(name: &str) -> TokenKind {
-        TokenKind::Ident {
-            name: name.into(),
-            bracketed: false,
-        }
+    fn ident(name: &str) -> (TokenKind, String) {
+        (TokenKind::Ident, name.into())
     }
 
-    fn bracketed(name: &str) -> TokenKind {
-        TokenKind::Ident {
-            name: name.into(),
-            bracketed: true,
-        }
+    fn bracketed(name: &str) -> (TokenKind, String) {
+        (TokenKind::Bracketed, name.into())
     }
 
     fn refused(text: &str) -> LexError {
@@ -617,6 +821,8 @@ mod tests {
             Ok(tokens) => panic!("{text:?} should not lex: {tokens:?}"),
         }
     }
+
+    use TokenKind::{Comment, Directive, DotDot, Number, Punct, Str};
 
     /// One line per case: the text and the decoded literal values it must yield.
     #[test]
@@ -655,27 +861,29 @@ mod tests {
     fn comments_and_directives_run_to_the_end_of_the_line() {
         assert_eq!(
             kinds("a // database('x')\nb"),
-            [ident("a"), TokenKind::Comment, ident("b")]
+            [TokenKind::Ident, Comment, TokenKind::Ident]
         );
-        assert_eq!(kinds("// only"), [TokenKind::Comment]);
+        assert_eq!(kinds("// only"), [Comment]);
         assert_eq!(
             kinds("a // c\rb"),
-            [ident("a"), TokenKind::Comment, ident("b")]
+            [TokenKind::Ident, Comment, TokenKind::Ident]
         );
-        assert_eq!(kinds("#connect x\nT"), [TokenKind::Directive, ident("T")]);
+        assert_eq!(kinds("#connect x\nT"), [Directive, TokenKind::Ident]);
         assert_eq!(
             kinds("T | where x == 1 # trailing"),
             [
-                ident("T"),
-                TokenKind::Punct('|'),
-                ident("where"),
-                ident("x"),
-                TokenKind::Punct('='),
-                TokenKind::Punct('='),
-                TokenKind::Number,
-                TokenKind::Directive
+                TokenKind::Ident,
+                Punct,
+                TokenKind::Ident,
+                TokenKind::Ident,
+                Punct,
+                Punct,
+                Number,
+                Directive
             ]
         );
+        // The guard's view leaves comments out.
+        assert_eq!(lex_significant("a // c\nb").unwrap().len(), 2);
     }
 
     #[test]
@@ -689,9 +897,10 @@ mod tests {
             ("[ 'spaced' ]", "spaced"),
             ("['a' // c\n 'b']", "ab"),
             ("[```x```]", "x"),
+            ("[\u{a0}'nbsp'\u{3000}]", "nbsp"),
         ];
         for (text, name) in cases {
-            assert_eq!(kinds(text), [bracketed(name)], "{text}");
+            assert_eq!(tokens(text), [bracketed(name)], "{text}");
         }
     }
 
@@ -700,58 +909,68 @@ mod tests {
         assert_eq!(
             kinds("dynamic(['a', 'b'])"),
             [
-                ident("dynamic"),
-                TokenKind::Punct('('),
-                TokenKind::Punct('['),
-                TokenKind::Str { value: "a".into() },
-                TokenKind::Punct(','),
-                TokenKind::Str { value: "b".into() },
-                TokenKind::Punct(']'),
-                TokenKind::Punct(')'),
+                TokenKind::Ident,
+                Punct,
+                Punct,
+                Str,
+                Punct,
+                Str,
+                Punct,
+                Punct
             ]
         );
-        assert_eq!(
-            kinds("x[0]"),
-            [
-                ident("x"),
-                TokenKind::Punct('['),
-                TokenKind::Number,
-                TokenKind::Punct(']')
-            ]
-        );
+        assert_eq!(kinds("x[0]"), [TokenKind::Ident, Punct, Number, Punct]);
     }
 
     #[test]
     fn identifiers_numbers_and_operators() {
-        assert_eq!(kinds("$left"), [ident("$left")]);
-        assert_eq!(kinds("_x1"), [ident("_x1")]);
-        assert_eq!(kinds("10ms 1.5 1e-6 1d"), vec![TokenKind::Number; 4]);
-        assert_eq!(
-            kinds("1.database"),
-            [TokenKind::Number, TokenKind::Punct('.'), ident("database")]
-        );
-        assert_eq!(
-            kinds("x =~ 'a'"),
-            [
-                ident("x"),
-                TokenKind::Punct('='),
-                TokenKind::Str { value: "a".into() }
-            ]
-        );
-        assert_eq!(
-            kinds("x !~ 'a'"),
-            [
-                ident("x"),
-                TokenKind::Punct('!'),
-                TokenKind::Str { value: "a".into() }
-            ]
-        );
+        assert_eq!(tokens("$left"), [ident("$left")]);
+        assert_eq!(tokens("_x1"), [ident("_x1")]);
+        assert_eq!(kinds("10ms 1.5 1e-6 1d 0x1F 2micros 1."), vec![Number; 7]);
+        assert_eq!(tokens("1.database")[2], ident("database"));
+        assert_eq!(tokens("x =~ 'a'")[1], (Punct, "=~".into()));
+        assert_eq!(tokens("x !~ 'a'")[1], (Punct, "!~".into()));
         // `=~` then a fence: the operator is taken first, as Kusto's longest-match does.
         assert_eq!(strings("x =~~~~a~~~"), ["a"]);
         assert_eq!(strings("x in~~~~a~~~"), ["a"]);
-        assert_eq!(kinds("x in~ ('a')")[2], TokenKind::Punct('~'));
-        assert_eq!(kinds("h"), [ident("h")]);
+        assert_eq!(kinds("x in~ ('a')")[2], Punct);
+        assert_eq!(tokens("h"), [ident("h")]);
         assert_eq!(kinds("hx'a'").len(), 2);
+    }
+
+    #[test]
+    fn the_range_operator_is_one_token() {
+        assert_eq!(
+            kinds("between (a .. b)"),
+            [
+                TokenKind::Ident,
+                Punct,
+                TokenKind::Ident,
+                DotDot,
+                TokenKind::Ident,
+                Punct
+            ]
+        );
+        assert_eq!(kinds("1..2"), [Number, DotDot, Number]);
+        assert_eq!(kinds("1...2"), [Number, DotDot, Number]);
+        assert_eq!(kinds("x.y"), [TokenKind::Ident, Punct, TokenKind::Ident]);
+    }
+
+    #[test]
+    fn unicode_whitespace_separates_tokens_as_in_kusto() {
+        for space in [
+            '\u{a0}', '\u{200b}', '\u{202f}', '\u{2000}', '\u{3000}', '\u{feff}', '\u{c}',
+        ] {
+            let text = format!("T{space}|{space}take{space}1");
+            assert_eq!(
+                kinds(&text),
+                [TokenKind::Ident, Punct, TokenKind::Ident, Number],
+                "{text:?}"
+            );
+        }
+        for not_space in ['\u{b}', '\u{85}', '\u{2028}', '\u{2029}', '\u{200c}'] {
+            refused(&format!("T{not_space}| take 1"));
+        }
     }
 
     #[test]
@@ -773,8 +992,6 @@ mod tests {
             "a \\ b",
             "a @ b",
             "a\u{0}b",
-            "a\u{a0}b",
-            "a\u{200b}b",
             "a ^ b",
             "Straße",
             "ßdatabase('o')",
@@ -785,6 +1002,9 @@ mod tests {
             "'\\U00110000'",
             "print d=datetime(//) | union database('o').T",
             "print d=datetime('2014) | union database('o').T //'",
+            "print d=datetime(\")\") | union database('o').T //\")",
+            "print d=datetime('a\\') | union database('o').T //')",
+            "print d=datetime('a'b') | union database('o').T //')",
             "print g=guid(x\ny)",
             "T | extend x$ = 1",
         ] {
@@ -797,17 +1017,21 @@ mod tests {
         for text in [
             "datetime(2020-01-01)",
             "datetime(2020-01-01 10:00:00.123)",
+            "datetime(\"2015-01-01\")",
+            "datetime('2009-01-01')",
+            "datetime( '2009-01-01 10:00' )",
+            "datetime(\"2015-01-01T10:00:00Z\")",
             "guid(74be27de-1e4e-49d9-b579-fe0b331d3642)",
             "timespan(1.02:03:04)",
             "real(nan)",
             "int(-1)",
             "74be27de-1e4e-49d9-b579-fe0b331d3642",
         ] {
-            assert_eq!(kinds(text), [TokenKind::Number], "{text}");
+            assert_eq!(kinds(text), [Number], "{text}");
         }
         // A raw GUID is taken whole, so what touches it is a separate token.
         assert_eq!(
-            kinds("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaadatabase")[1],
+            tokens("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaadatabase")[1],
             ident("database")
         );
         // Only the exact lower-case keywords are typed literals.
@@ -826,45 +1050,55 @@ mod tests {
 
     #[test]
     fn digits_start_numbers_timespans_or_names() {
-        assert_eq!(kinds("1abc"), [ident("1abc")]);
-        assert_eq!(kinds("3rdParty"), [ident("3rdParty")]);
-        assert_eq!(kinds("1d2h"), [ident("1d2h")]);
-        assert_eq!(kinds("1e"), [ident("1e")]);
-        assert_eq!(kinds("100ns"), [ident("100ns")]);
+        assert_eq!(tokens("1abc"), [ident("1abc")]);
+        assert_eq!(tokens("3rdParty"), [ident("3rdParty")]);
+        assert_eq!(tokens("1d2h"), [ident("1d2h")]);
+        assert_eq!(tokens("1e"), [ident("1e")]);
+        assert_eq!(tokens("100ns"), [ident("100ns")]);
+        assert_eq!(tokens("1e5d"), [ident("1e5d")]);
+        assert_eq!(tokens("0x1G"), [ident("0x1G")]);
         assert_eq!(
-            kinds("10ms 1.5d 2hours 1e5 1.e5 1E-3"),
-            vec![TokenKind::Number; 6]
+            kinds("10ms 1.5d 2hours 1e5 1.e5 1E-3 1min"),
+            vec![Number; 7]
         );
         assert_eq!(
-            kinds("1.5abc"),
-            [TokenKind::Number, TokenKind::Punct('.'), ident("5abc")]
+            tokens("1.5abc"),
+            [(Number, "1".into()), (Punct, ".".into()), ident("5abc")]
         );
     }
 
     #[test]
     fn formerly_raw_keywords_lex_normally_when_both_readings_agree() {
         assert_eq!(
-            kinds("typeof(a:string)")[..3],
-            [ident("typeof"), TokenKind::Punct('('), ident("a")]
+            tokens("typeof(a:string)")[..3],
+            [ident("typeof"), (Punct, "(".into()), ident("a")]
         );
         refused("print typeof('x) | union database('o').T //')");
         refused("print uuid(// ) database('o')\n)");
     }
 
     #[test]
+    fn limits_bound_the_token_list() {
+        let deep = "(".repeat(MAX_DEPTH + 1);
+        assert!(refused(&deep).over_limit);
+        assert!(lex(&"(".repeat(MAX_DEPTH)).is_ok());
+        let wide = "a ".repeat(MAX_TOKENS + 1);
+        let error = refused(&wide);
+        assert!(
+            error.over_limit && error.message.contains("200000"),
+            "{error:?}"
+        );
+        assert_eq!(std::mem::size_of::<Token>(), 12);
+    }
+
+    #[test]
     fn spans_cover_the_source_text() {
         let text = "T | where s == h@'x' // c\n| take 1";
         let tokens = lex(text).unwrap();
-        let literal = tokens
-            .iter()
-            .find(|t| matches!(t.kind, TokenKind::Str { .. }))
-            .unwrap();
-        assert_eq!(&text[literal.span.clone()], "h@'x'");
-        let comment = tokens
-            .iter()
-            .find(|t| t.kind == TokenKind::Comment)
-            .unwrap();
-        assert_eq!(&text[comment.span.clone()], "// c");
+        let literal = tokens.iter().find(|t| t.kind == Str).unwrap();
+        assert_eq!(&text[literal.span()], "h@'x'");
+        let comment = tokens.iter().find(|t| t.kind == Comment).unwrap();
+        assert_eq!(&text[comment.span()], "// c");
     }
 
     #[test]
@@ -889,10 +1123,20 @@ mod tests {
             "1e",
             "1e+",
             "datetime(",
+            "datetime( '",
+            "datetime('a",
             "aaaaaaaa-",
+            "0x",
+            "1.",
+            "..",
+            "...",
         ];
         for text in samples {
-            let _ = lex(text);
+            if let Ok(tokens) = lex(text) {
+                for token in &tokens {
+                    let _ = value(text, token);
+                }
+            }
         }
     }
 }

@@ -4,18 +4,21 @@
 //! not isolation: KQL can name another database, another cluster or the outside world from inside
 //! the query text. The guard lexes the text exactly (see [`lexer`]) and applies a deny-by-default
 //! policy to what it finds:
-//! - [`query_policy`] for queries: `database(…)` only with a literal naming the tenant's own
-//!   database (aliases rewritten to the GUID), and no `cluster()`, `alias database`,
-//!   `externaldata`, `external_table()`, stored entity groups, unlisted plugins or `set` options;
+//! - [`query_policy`] for queries: every keyword, call, plugin and option is looked up in the
+//!   [`catalogue`] of everything Kusto.Language knows, and is allowed, guarded by a rule
+//!   (`database(…)` only with a literal naming the tenant's own database, aliases rewritten to
+//!   the GUID) or refused; an unknown plugin or option is refused;
 //! - [`command_policy`] for control commands (`.show …` on any endpoint, everything on mgmt):
 //!   each allowed command is parsed far enough to know every database and table it names.
 //!
 //! A refusal names the construct and its line and column, so the user can fix the query.
 
+pub mod catalogue;
 pub mod command_policy;
 pub mod lexer;
 pub mod query_policy;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -55,6 +58,9 @@ pub struct Refusal {
     pub reason: String,
     pub line: usize,
     pub column: usize,
+    /// What was refused, from a bounded set (catalogue names and the guard's own rules), for
+    /// metrics: never the text of the query.
+    pub label: &'static str,
 }
 
 impl fmt::Display for Refusal {
@@ -95,42 +101,43 @@ pub fn guard(text: &str, scope: &Scope, role: Role, options: Options) -> Result<
             offset,
             "T-SQL",
             "is not accepted (text starting with `--` is T-SQL to Kusto); send KQL",
+            "tsql",
         ));
     }
-    let tokens = lexer::lex(text).map_err(|e| {
-        refusal_at(
-            text,
-            e.offset,
-            "query text",
-            &format!("cannot be read with certainty: {}", e.message),
-        )
+    let tokens = lexer::lex_significant(text).map_err(|e| {
+        let (reason, label) = if e.over_limit {
+            (e.message, "limit")
+        } else {
+            (
+                format!("cannot be read with certainty: {}", e.message),
+                "lexer",
+            )
+        };
+        refusal_at(text, e.offset, "query text", &reason, label)
     })?;
     if let Some(directive) = tokens.iter().find(|t| t.kind == TokenKind::Directive) {
         return Err(refusal_at(
             text,
-            directive.span.start,
+            directive.start(),
             "`#` directive",
             "is not accepted",
+            "directive",
         ));
     }
-    let tokens: Vec<Token> = tokens
-        .into_iter()
-        .filter(|t| t.kind != TokenKind::Comment)
-        .collect();
     let source = Source {
         text,
         tokens: &tokens,
     };
-    let is_command = matches!(tokens.first(), Some(t) if t.kind == TokenKind::Punct('.'));
+    let is_command = source.is_punct(0, '.');
     let (kind, mut edits) = if is_command {
         (
             TextKind::Command,
-            command_policy::check(&source, scope, role)?,
+            command_policy::check(&source, scope, role, options)?,
         )
     } else {
         (
             TextKind::Query,
-            query_policy::check(&source, 0..tokens.len(), scope)?,
+            query_policy::check(&source, 0..tokens.len(), scope, options)?,
         )
     };
     if kind == TextKind::Query && options.restrict_statement {
@@ -148,7 +155,7 @@ pub fn guard(text: &str, scope: &Scope, role: Role, options: Options) -> Result<
 
 /// Kusto takes a text whose first line starts with `--` as T-SQL.
 fn tsql_start(text: &str) -> Option<usize> {
-    let trimmed = text.trim_start();
+    let trimmed = text.trim_start_matches(lexer::is_whitespace);
     trimmed
         .starts_with("--")
         .then(|| text.len() - trimmed.len())
@@ -157,42 +164,52 @@ fn tsql_start(text: &str) -> Option<usize> {
 /// The lexed text, shared by both policies.
 pub struct Source<'a> {
     pub text: &'a str,
-    /// Significant tokens: comments are dropped, directives refused before.
+    /// Significant tokens: comments are left out, directives refused before.
     pub tokens: &'a [Token],
 }
 
 impl Source<'_> {
-    pub fn kind(&self, index: usize) -> Option<&TokenKind> {
-        self.tokens.get(index).map(|t| &t.kind)
+    pub fn kind(&self, index: usize) -> Option<TokenKind> {
+        self.tokens.get(index).map(|t| t.kind)
     }
 
+    /// Whether the token at `index` is the punctuation `c` (`=~` and `!~` count as `=`, `!`).
     pub fn is_punct(&self, index: usize, c: char) -> bool {
-        self.kind(index) == Some(&TokenKind::Punct(c))
+        self.tokens.get(index).is_some_and(|t| {
+            t.kind == TokenKind::Punct && self.text.as_bytes()[t.start()] == c as u8
+        })
     }
 
-    /// The identifier at `index` as written, plain or bracketed.
-    pub fn name(&self, index: usize) -> Option<&str> {
-        match self.kind(index)? {
-            TokenKind::Ident { name, .. } => Some(name),
-            _ => None,
-        }
+    /// The text of a plain identifier (a keyword or a name as written).
+    pub fn word(&self, index: usize) -> Option<&str> {
+        let token = self.tokens.get(index)?;
+        (token.kind == TokenKind::Ident).then(|| &self.text[token.span()])
     }
 
-    /// The identifier at `index`, lower-cased. Kusto matches names exactly, so comparing
-    /// without regard to ASCII case only ever refuses more.
-    pub fn ident(&self, index: usize) -> Option<String> {
-        self.name(index).map(str::to_ascii_lowercase)
+    /// Whether the token at `index` is the plain word `word`, in any ASCII case.
+    pub fn is_word(&self, index: usize, word: &str) -> bool {
+        self.word(index)
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
     }
 
-    pub fn is_ident(&self, index: usize, word: &str) -> bool {
-        self.name(index)
-            .is_some_and(|name| name.eq_ignore_ascii_case(word))
+    /// The name at `index`, plain or bracketed (decoded).
+    pub fn name(&self, index: usize) -> Option<Cow<'_, str>> {
+        let token = self.tokens.get(index)?;
+        matches!(token.kind, TokenKind::Ident | TokenKind::Bracketed)
+            .then(|| lexer::value(self.text, token))
+    }
+
+    pub fn is_name(&self, index: usize) -> bool {
+        matches!(
+            self.kind(index),
+            Some(TokenKind::Ident | TokenKind::Bracketed)
+        )
     }
 
     /// Whether tokens `index` and `index + 1` touch, with nothing between them.
     pub fn adjacent(&self, index: usize) -> bool {
         match (self.tokens.get(index), self.tokens.get(index + 1)) {
-            (Some(a), Some(b)) => a.span.end == b.span.start,
+            (Some(a), Some(b)) => a.end() == b.start(),
             _ => false,
         }
     }
@@ -202,8 +219,8 @@ impl Source<'_> {
     pub fn literals(&self, mut index: usize) -> Option<(String, usize)> {
         let mut value = String::new();
         let start = index;
-        while let Some(TokenKind::Str { value: part }) = self.kind(index) {
-            value.push_str(part);
+        while let Some(token) = self.tokens.get(index).filter(|t| t.kind == TokenKind::Str) {
+            value.push_str(&lexer::value(self.text, token));
             index += 1;
         }
         (index > start).then_some((value, index))
@@ -214,21 +231,31 @@ impl Source<'_> {
         let (Some(first), Some(last)) = (self.tokens.get(from), self.tokens.get(to)) else {
             return String::new();
         };
-        shorten(&self.text[first.span.start..last.span.end.max(first.span.start)])
+        shorten(&self.text[first.start()..last.end().max(first.start())])
     }
 
-    pub fn refuse(&self, index: usize, construct: String, reason: &str) -> Refusal {
+    pub fn refuse(
+        &self,
+        index: usize,
+        construct: String,
+        reason: &str,
+        label: &'static str,
+    ) -> Refusal {
         let offset = self
             .tokens
             .get(index)
-            .map_or(self.text.len(), |t| t.span.start);
-        refusal_at(self.text, offset, &construct, reason)
+            .map_or(self.text.len(), |t| t.start());
+        refusal_at(self.text, offset, &construct, reason, label)
     }
 }
 
 fn shorten(text: &str) -> String {
     const MAX: usize = 60;
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line: String = text
+        .split(lexer::is_whitespace)
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if one_line.chars().count() <= MAX {
         one_line
     } else {
@@ -236,13 +263,20 @@ fn shorten(text: &str) -> String {
     }
 }
 
-fn refusal_at(text: &str, offset: usize, construct: &str, reason: &str) -> Refusal {
+fn refusal_at(
+    text: &str,
+    offset: usize,
+    construct: &str,
+    reason: &str,
+    label: &'static str,
+) -> Refusal {
     let (line, column) = lexer::line_column(text, offset);
     Refusal {
         construct: construct.to_owned(),
         reason: reason.to_owned(),
         line,
         column,
+        label,
     }
 }
 

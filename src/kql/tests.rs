@@ -149,6 +149,42 @@ fn dashboard_queries_pass_unchanged() {
     ]);
 }
 
+/// Everyday KQL the first guard refused (issue 9): each line a case that must pass unchanged.
+#[test]
+fn everyday_kql_the_old_guard_refused_passes() {
+    assert_allowed(Role::Viewer, &[
+        "SigninLogs | where TimeGenerated between (startTime .. endTime)",
+        "let startTime = ago(1d); let endTime = now(); T | where t between (startTime..endTime)",
+        "T | where t !between (a .. b)",
+        "range x from 1 to 10 step 1 | where x between (2 .. 5)",
+        "print d = datetime(\"2015-01-01\")",
+        "print d = datetime('2009-01-01')",
+        "print d = datetime( '2009-01-01 10:00' ), t = timespan('1.00:00:00')",
+        "T\u{a0}| take 1",
+        "T\u{200b}| take 1",
+        "T |\u{202f}where x == 1\u{3000}| count",
+        "\u{feff}StormEvents | take 1",
+        "T | where x == 0x1F or y == 1e5 or z > 2micros",
+        "Regions | evaluate geo_polygon_lookup(Trips, Polygon, PickupLon, PickupLat)",
+        "T | evaluate geo_line_lookup(Roads, Line, Lon, Lat, 100)",
+        "T | evaluate schema_merge()",
+        "set maxoutputcolumns = 5000; T",
+        "set notruncation; T | take 1000000",
+        "set query_fanout_nodes_percent = 50; T",
+        "set servertimeout = 1h; T",
+        "restrict access to (StormEvents, PopulationData); StormEvents | count",
+        "restrict access to (database('11111111-1111-1111-1111-111111111111').*); T",
+        "let f = (name:string) { table(name) | count }; f('StormEvents')",
+        "table(\"StormEvents\", \"all\") | take 1",
+        "table('Storm*') | count",
+        "table(\"My.Table\") | count",
+        "let n = 'T'; table(n)",
+        "materialized_view('DailyStorms', 1h)",
+        "graph('Network') | graph-match (a)-->(b) project a, b",
+        "T | mv-expand x | project-away y | make-series n = count() on t step 1h",
+    ]);
+}
+
 // === Rewrites ===
 
 #[test]
@@ -349,23 +385,33 @@ fn doors_out_of_the_database_are_refused() {
                 "control command inside a query",
             ),
             ("table('database(\"other\").T')", "table(…)"),
-            ("table(\"other.T\")", "table(…)"),
-            ("table(name)", "table(…)"),
-            ("let n = 'T'; table(n)", "table(…)"),
-            ("materialized_view('x.y')", "materialized_view(…)"),
-            ("stored_query_result(\"r*\")", "stored_query_result(…)"),
-            ("graph(g)", "graph(…)"),
+            ("table(\"cluster('x').database('y').T\")", "table(…)"),
+            ("table(strcat('a', 'b'))", "table(…)"),
+            ("materialized_view('a:b')", "materialized_view(…)"),
             (
                 "restrict access to (database('other').*); T",
-                "restrict access",
+                "names a database outside this tenant",
             ),
+            (
+                "external_data (x:string) ['https://e/x']",
+                "external_data reads external storage",
+            ),
+            (
+                "inline_external_table('x') kind=storage (h@'https://e/x') dataformat=csv (x:string)",
+                "inline_external_table reads external storage",
+            ),
+            ("print current_principal()", "identity at the cluster"),
+            ("print current_principal_details()", "identity at the cluster"),
+            ("print current_cluster_endpoint()", "reveals the cluster"),
+            ("print __invoke(1)", "internal to Kusto"),
         ],
     );
 }
 
 #[test]
 fn plugins_outside_the_allow_list_are_refused() {
-    let out = "calls out of the cluster";
+    let out = "calls a service outside the cluster";
+    let elsewhere = "runs a query or command on another cluster";
     assert_refused(
         Role::Viewer,
         &[
@@ -381,13 +427,18 @@ fn plugins_outside_the_allow_list_are_refused() {
             ("evaluate azure_digital_twins_query_request('x', 'q')", out),
             ("evaluate ai_chat_completion('p', 'c')", out),
             ("evaluate ai_embeddings('t', 'c')", out),
-            ("evaluate execute_query('cs', 'q')", out),
+            ("evaluate execute_query('cs', 'q')", elsewhere),
             (
                 "evaluate execute_show_command('cs', '.show databases')",
-                out,
+                elsewhere,
             ),
             ("evaluate dax_request('x')", out),
-            ("evaluate infer_storage_schema(o)", out),
+            ("evaluate infer_storage_schema(o)", "reads external storage"),
+            (
+                "evaluate external_datatable(o)",
+                "reads data from outside the database",
+            ),
+            ("evaluate csharp(typeof(*), 'x')", "runs sandboxed code"),
             (
                 "T | evaluate python(typeof(*), 'result = df')",
                 "runs sandboxed code",
@@ -402,7 +453,7 @@ fn plugins_outside_the_allow_list_are_refused() {
             ),
             (
                 "T | evaluate some_new_plugin()",
-                "is not on kqlgate's allow-list",
+                "is not a plugin kqlgate knows to stay within the database",
             ),
             ("T | evaluate ['http_request']('x')", out),
             ("T | EVALUATE HTTP_REQUEST('x')", out),
@@ -413,7 +464,7 @@ fn plugins_outside_the_allow_list_are_refused() {
 
 #[test]
 fn set_statements_outside_the_allow_list_are_refused() {
-    let not_settable = "is not an option tenants may set";
+    let not_settable = "is set by kqlgate for every request; a query may not change it";
     assert_refused(
         Role::Viewer,
         &[
@@ -437,10 +488,21 @@ fn set_statements_outside_the_allow_list_are_refused() {
                 not_settable,
             ),
             ("SET REQUEST_READONLY = FALSE; T", not_settable),
-            ("set notruncation; T", not_settable),
-            ("set servertimeout = 1h; T", not_settable),
             ("set query_language = 'sql'; T", not_settable),
-            ("set query_fanout_nodes_percent = 100; T", not_settable),
+            (
+                "set query_force_row_level_security = false; T",
+                "changes row-level security",
+            ),
+            (
+                "set request_readonly_hardline = false; T",
+                "changes how writes are blocked",
+            ),
+            ("set query_python_debug; T", "runs sandboxed code"),
+            (
+                "set request_cross_cluster_token = 'x'; T",
+                "from one cluster to another",
+            ),
+            ("set no_such_option = 1; T", "is not an option Kusto knows"),
             ("print 1; set request_readonly = false; T", not_settable),
             (
                 "set query_now = now(); set request_readonly = false; T",
@@ -474,8 +536,12 @@ fn text_that_cannot_be_read_with_certainty_is_refused() {
             ("T | where x == '\\q'", uncertain),
             ("T | where x == '\\u12'", uncertain),
             ("T ` database('x').T", uncertain),
-            ("T\u{a0}| take 1", uncertain),
-            ("T\u{200b}| take 1", uncertain),
+            ("T\u{2028}| take 1", uncertain),
+            ("T\u{b}| take 1", uncertain),
+            (
+                "print d = datetime(\")\") | union database('o').T //\")",
+                uncertain,
+            ),
             ("T | where x == \u{0}", uncertain),
             ("T & database('x').T", uncertain),
         ],
@@ -612,7 +678,7 @@ fn commands_reaching_other_tenants_are_refused_for_everyone() {
                 ),
                 (
                     ".show table T policy caching | evaluate http_request('x')",
-                    "calls out",
+                    "calls a service outside",
                 ),
                 (".show table T; .show databases", "is not allowed"),
                 (
@@ -733,7 +799,7 @@ fn admin_may_not_reach_beyond_its_database() {
             ),
             (
                 ".create-or-alter function F() { T | evaluate http_request('x') }",
-                "calls out",
+                "calls a service outside",
             ),
             (
                 ".create-or-alter function other.F() { T }",

@@ -4,26 +4,48 @@
 //! A refusal is a 403 naming the construct and its position; it is logged without the query.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use serde_json::{Map, Value};
 
 use crate::config::Tenant;
 use crate::error::ProxyError;
+use crate::kql::catalogue::{self, Class, Kind, Rule};
 use crate::kql::{self, Role, Scope, TextKind};
 use crate::pipeline::forward::ClusterPolicy;
 use crate::pipeline::query::{QueryBody, Rewrite};
 use crate::pipeline::route::Endpoint;
 
-/// Request options that keep a query inside its database, and their safe values.
-const FORCED_OPTIONS: [(&str, bool); 6] = [
-    ("request_remote_entities_disabled", true),
-    ("request_callout_disabled", true),
-    ("request_external_data_disabled", true),
-    ("request_external_table_disabled", true),
-    ("request_sandboxed_execution_disabled", true),
-    ("request_impersonation_disabled", true),
-];
+/// The value kqlgate gives an option it sets itself (`rule:forced-option` in the catalogue),
+/// for a tenant and a request that is (or is not) read-only; `None`: not set for this request.
+/// The security switches and the read-only flag only when the cluster enforces them.
+fn forced_value(name: &str, tenant: &Tenant, enforce: bool, read_only: bool) -> Option<Value> {
+    let attribution = || Value::from(format!("kqlgate;tenant={}", tenant.id));
+    match name {
+        "request_description" | "request_app_name" => Some(attribution()),
+        "request_user" => Some(Value::from(tenant.id.clone())),
+        "request_remote_entities_disabled"
+        | "request_callout_disabled"
+        | "request_external_data_disabled"
+        | "request_external_table_disabled"
+        | "request_sandboxed_execution_disabled"
+        | "request_impersonation_disabled" => enforce.then(|| Value::from(true)),
+        "query_language" => enforce.then(|| Value::from("kql")),
+        "request_readonly" => (enforce && read_only).then(|| Value::from(true)),
+        _ => None,
+    }
+}
+
+/// The options the catalogue says kqlgate sets itself, found once.
+fn forced_options() -> impl Iterator<Item = &'static str> {
+    static FORCED: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        catalogue::entries()
+            .filter(|e| e.kind == Kind::Option && e.class == Class::Rule(Rule::ForcedOption))
+            .map(|e| e.name)
+            .collect()
+    });
+    FORCED.iter().copied()
+}
 
 pub fn check<'d>(
     tenant: &Tenant,
@@ -49,6 +71,7 @@ pub fn check<'d>(
             target: "kqlgate::guard",
             tenant = %tenant.id,
             reason = %refusal.reason,
+            construct = refusal.label,
             line = refusal.line,
             column = refusal.column,
             "query refused"
@@ -120,7 +143,8 @@ fn parse_properties(raw: &str) -> Result<(Map<String, Value>, bool), ProxyError>
     }
 }
 
-/// The request properties to forward, in the form they came in.
+/// The request properties to forward, in the form they came in: options the catalogue refuses
+/// are refused, those kqlgate sets itself are replaced by its values, the rest pass unchanged.
 fn rewrite(
     mut document: Map<String, Value>,
     as_string: bool,
@@ -128,31 +152,20 @@ fn rewrite(
     enforce: bool,
     read_only: bool,
 ) -> Result<String, ProxyError> {
-    let bad = bad_properties;
     let options = match document
         .entry("Options")
         .or_insert_with(|| Value::Object(Map::new()))
     {
         Value::Object(options) => options,
-        _ => return Err(bad("has \"Options\" that is not an object")),
+        _ => return Err(bad_properties("has \"Options\" that is not an object")),
     };
     refuse_tsql(options)?;
-    let attribution = format!("kqlgate;tenant={}", tenant.id);
-    let mut set = |name: &str, value: Value| {
-        // Option names are matched case-insensitively, so no second spelling survives.
-        options.retain(|key, _| !key.eq_ignore_ascii_case(name));
-        options.insert(name.to_owned(), value);
-    };
-    set("request_description", Value::from(attribution.clone()));
-    set("request_app_name", Value::from(attribution));
-    set("request_user", Value::from(tenant.id.clone()));
-    if enforce {
-        for (name, value) in FORCED_OPTIONS {
-            set(name, Value::from(value));
-        }
-        set("query_language", Value::from("kql"));
-        if read_only {
-            set("request_readonly", Value::from(true));
+    refuse_options(options)?;
+    // Option names are matched case-insensitively, so no second spelling survives.
+    options.retain(|key, _| !forced_options().any(|name| key.eq_ignore_ascii_case(name)));
+    for name in forced_options() {
+        if let Some(value) = forced_value(name, tenant, enforce, read_only) {
+            options.insert(name.to_owned(), value);
         }
     }
     let object = Value::Object(document).to_string();
@@ -161,6 +174,22 @@ fn rewrite(
     } else {
         object
     })
+}
+
+/// Request options the catalogue refuses (row-level security switches, sandbox debugging…).
+/// Options it does not know pass: SDKs send framing options of their own.
+fn refuse_options(options: &Map<String, Value>) -> Result<(), ProxyError> {
+    for key in options.keys() {
+        if let Some(entry) = catalogue::lookup(Kind::Option, key) {
+            if matches!(entry.class, Class::Refuse(_)) {
+                return Err(ProxyError::Forbidden(format!(
+                    "the request option {key} {}",
+                    entry.reason
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `query_language` other than KQL makes Kusto read the text as T-SQL, which the guard cannot.
@@ -205,6 +234,32 @@ mod tests {
     }
 
     #[test]
+    fn every_forced_option_of_the_catalogue_has_a_value() {
+        let tenant = tenant();
+        let mut forced: Vec<_> = forced_options().collect();
+        assert!(forced.len() >= 11, "{forced:?}");
+        forced.retain(|name| forced_value(name, &tenant, true, true).is_none());
+        assert!(forced.is_empty(), "no value for {forced:?}");
+        assert_eq!(forced_value("servertimeout", &tenant, true, true), None);
+    }
+
+    #[test]
+    fn options_the_catalogue_refuses_are_refused() {
+        let body =
+            r#"{"csl":"T","properties":{"Options":{"query_force_row_level_security":false}}}"#;
+        match forwarded(body, true, Endpoint::QueryV2) {
+            Err(ProxyError::Forbidden(message)) => {
+                assert!(message.contains("row-level security"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unknown options pass: SDKs send framing options of their own.
+        let body = r#"{"csl":"T","properties":{"Options":{"results_v2_newlines_between_frames":true,"some_sdk_option":1}}}"#;
+        let sent = forwarded(body, true, Endpoint::QueryV2).unwrap();
+        assert_eq!(sent["properties"]["Options"]["some_sdk_option"], 1);
+    }
+
+    #[test]
     fn security_options_are_forced_whatever_the_client_sent() {
         let body = r#"{"csl":"T","properties":{"Options":{"request_readonly":false,"REQUEST_CALLOUT_DISABLED":false,"servertimeout":"00:01:00"}}}"#;
         let sent = forwarded(body, true, Endpoint::QueryV2).unwrap();
@@ -244,6 +299,12 @@ mod tests {
         let options = &sent["properties"]["Options"];
         assert_eq!(options["request_description"], "kqlgate;tenant=contoso");
         assert!(options.get("request_readonly").is_none());
+        // Without enforcement the client's own values of the forced options are dropped.
+        let body = r#"{"csl":"T","properties":{"Options":{"request_callout_disabled":false}}}"#;
+        let sent = forwarded(body, false, Endpoint::QueryV1).unwrap();
+        assert!(sent["properties"]["Options"]
+            .get("request_callout_disabled")
+            .is_none());
     }
 
     #[test]

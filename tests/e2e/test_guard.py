@@ -44,7 +44,7 @@ NOT_LITERAL = ("takes only a literal name of this tenant's database "
                "(not a variable, parameter or expression)")
 CLUSTER = "reaches another cluster, which kqlgate does not allow"
 NOT_ALLOWED = "is not allowed through kqlgate (it reaches beyond this tenant's database)"
-NOT_SETTABLE = "is not an option tenants may set"
+NOT_SETTABLE = "is set by kqlgate for every request; a query may not change it"
 ADMIN = "requires the admin role"
 
 
@@ -174,7 +174,7 @@ UNDEMONSTRABLE = [
     _q("externaldata", "externaldata (x:string) [@'https://example.com/data.csv']",
        "externaldata reads external storage, which kqlgate does not allow", "externaldata"),
     _q("http-request", "evaluate http_request('http://127.0.0.1:1/')",
-       "evaluate http_request calls out of the cluster or queries elsewhere, which kqlgate does not allow",
+       "evaluate http_request calls a service outside the cluster, which kqlgate does not allow",
        "http_request"),
     _q("entity-group-function", f"entity_group('{ENTITY_GROUP}')",
        "entity_group(…) names a stored entity group, which can reach other databases", "entity_group"),
