@@ -9,12 +9,15 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use http::HeaderMap;
 use http_body_util::Full;
-use kqlgate::config::{AuthSettings, Config, Tenant};
+use kqlgate::clock::SystemClock;
+use kqlgate::config::Config;
 use kqlgate::kql::{guard, Options, Role, Scope};
-use kqlgate::pipeline::authenticate::Authenticator;
-use kqlgate::pipeline::body;
-use kqlgate::pipeline::limit::TenantLimits;
+use kqlgate::pipeline::body::{self, BodyLimits};
 use kqlgate::pipeline::query::{QueryBody, Rewrite};
+use kqlgate::services::auth::Authenticator;
+use kqlgate::services::identity::Identities;
+use kqlgate::services::limits::TenantLimits;
+use kqlgate::services::tenants::{Reuse, Snapshot};
 
 const DATABASE: &str = "11111111-1111-1111-1111-111111111111";
 
@@ -37,8 +40,8 @@ fn body_with_csl(len: usize) -> Vec<u8> {
     .unwrap()
 }
 
-/// Tenants `t0`…`t{count-1}` as a real config file would give them, all with the key `the-key`.
-fn tenants(count: usize, extra: &str) -> Vec<Tenant> {
+/// A config with tenants `t0`…`t{count-1}`, all with the key `the-key`.
+fn config(count: usize, extra: &str) -> Config {
     let hash = kqlgate::keys::hash_key("the-key").unwrap();
     let mut text = String::from("[clusters.main]\nurl = \"http://127.0.0.1:1\"\n");
     for i in 0..count {
@@ -46,9 +49,20 @@ fn tenants(count: usize, extra: &str) -> Vec<Tenant> {
             "[[tenants]]\nid = \"t{i}\"\nkey_hashes = [\"{hash}\"]\ncluster = \"main\"\ndatabase = \"{DATABASE}\"\n{extra}\n"
         ));
     }
-    Config::parse(&text, &std::collections::HashMap::new())
-        .unwrap()
-        .tenants
+    Config::parse(&text, &std::collections::HashMap::new()).unwrap()
+}
+
+fn snapshot(config: Config, limits: &TenantLimits) -> Snapshot {
+    Snapshot::build(
+        config,
+        Reuse {
+            previous: None,
+            identities: &mut Identities::new().unwrap(),
+            limits,
+            workers: 1,
+        },
+    )
+    .unwrap()
 }
 
 fn credential_check(c: &mut Criterion) {
@@ -56,24 +70,24 @@ fn credential_check(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let settings = AuthSettings {
-        max_concurrent_verifications: 2,
-        verify_burst: 10,
-        verify_per_minute: 60,
-    };
-    let authenticator = Authenticator::new(&settings, &tenants(1, ""), None).unwrap();
+    let config = config(1, "");
+    let first_key = config.tenants[0].key_hashes[0].clone();
+    let authenticator =
+        Authenticator::new(&config.auth, Some(&first_key), None, SystemClock::shared()).unwrap();
+    let snapshot =
+        runtime.block_on(async { snapshot(config, &TenantLimits::new(SystemClock::shared())) });
     let mut headers = HeaderMap::new();
     let basic = base64::engine::general_purpose::STANDARD.encode("t0:the-key");
     headers.insert("authorization", format!("Basic {basic}").parse().unwrap());
     let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
     // The first call runs argon2 and fills the cache; the benchmark measures the hits.
     runtime
-        .block_on(authenticator.authenticate(&headers, client))
+        .block_on(authenticator.authenticate(&snapshot, &headers, client))
         .unwrap();
     c.bench_function("credential check, cache hit", |b| {
         b.iter(|| {
             runtime
-                .block_on(authenticator.authenticate(black_box(&headers), client))
+                .block_on(authenticator.authenticate(&snapshot, black_box(&headers), client))
                 .unwrap()
         })
     });
@@ -101,18 +115,26 @@ fn parse_rewrite_and_guard(c: &mut Criterion) {
 }
 
 fn limiter_with_many_tenants(c: &mut Criterion) {
-    let limits: Vec<TenantLimits> = tenants(
-        10_000,
-        "rate_per_second = 1e9\nburst = 1000000\nmax_concurrent = 1000",
-    )
-    .iter()
-    .map(TenantLimits::new)
-    .collect();
+    let limits = TenantLimits::new(SystemClock::shared());
+    let snapshot = snapshot(
+        config(
+            10_000,
+            "rate_per_second = 1e9\nburst = 1000000\nmax_concurrent = 1000",
+        ),
+        &limits,
+    );
+    let tenants: Vec<_> = snapshot.tenants().cloned().collect();
     let mut next = 0usize;
     c.bench_function("per-tenant limiter, 10,000 tenants", |b| {
         b.iter(|| {
-            next = (next + 7919) % limits.len();
-            black_box(limits[next].admit().unwrap())
+            next = (next + 7919) % tenants.len();
+            let tenant = &tenants[next];
+            limits
+                .take_rate(&tenant.limits, tenant.config.rate)
+                .unwrap();
+            black_box(
+                TenantLimits::take_slot(&tenant.limits, tenant.config.max_concurrent).unwrap(),
+            )
         })
     });
 }
@@ -132,8 +154,13 @@ fn gzip_request_body(c: &mut Criterion) {
         b.iter_batched(
             || Full::new(compressed.clone()),
             |request_body| {
+                let limits = BodyLimits {
+                    max_bytes: 1 << 20,
+                    timeout: std::time::Duration::from_secs(30),
+                    min_bytes_per_second: 1024,
+                };
                 runtime
-                    .block_on(body::read(request_body, &headers, 1 << 20))
+                    .block_on(body::read(request_body, &headers, limits))
                     .unwrap()
             },
             BatchSize::SmallInput,

@@ -3,9 +3,12 @@
 //!
 //! The line is written when the response body ends — or is abandoned — because only then are
 //! the bytes and the duration known. The record rides inside the response body for that, and so
-//! does the tenant's concurrency [`Admission`]: a streamed answer counts as in flight until its
-//! last byte. Nothing secret is in the record: no key, token, header or query text.
+//! does the tenant's concurrency [`Slot`]: a streamed answer counts as in flight until its last
+//! byte. A request whose client leaves before the answer's head (the cluster may still be
+//! running its query) is logged too, when the pipeline is dropped: status 499, `client_gone`.
+//! Nothing secret is in the record: no key, token, header or query text.
 
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -14,10 +17,15 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::pipeline::limit::Admission;
-use crate::pipeline::ProxyBody;
+use crate::error::error_chain;
+use crate::pipeline::{BoxError, ProxyBody};
+use crate::services::limits::Slot;
+use crate::services::load::Counted;
 
-pub struct AccessLog {
+/// The status logged for a request whose client went away before its answer began (nginx's).
+const CLIENT_CLOSED: u16 = 499;
+
+pub struct Record {
     started: Instant,
     pub method: http::Method,
     pub path: String,
@@ -27,30 +35,36 @@ pub struct AccessLog {
     pub upstream_status: Option<u16>,
     /// The error code, when kqlgate itself answered with an error.
     pub error_code: Option<&'static str>,
-    admission: Option<Admission>,
+    slot: Option<Slot>,
+    counted: Option<Counted>,
+}
+
+/// A request's record until its response exists; dropped unattached, it logs `client_gone`.
+pub struct AccessLog {
+    record: Option<Record>,
 }
 
 impl AccessLog {
     pub fn start<B>(request: &http::Request<B>) -> AccessLog {
         AccessLog {
-            started: Instant::now(),
-            method: request.method().clone(),
-            path: request.uri().path().chars().take(200).collect(),
-            client_request_id: crate::headers::client_request_id(request.headers()),
-            tenant: None,
-            database: None,
-            upstream_status: None,
-            error_code: None,
-            admission: None,
+            record: Some(Record {
+                started: Instant::now(),
+                method: request.method().clone(),
+                path: request.uri().path().chars().take(200).collect(),
+                client_request_id: crate::headers::client_request_id(request.headers()),
+                tenant: None,
+                database: None,
+                upstream_status: None,
+                error_code: None,
+                slot: None,
+                counted: None,
+            }),
         }
     }
 
-    pub fn hold(&mut self, admission: Admission) {
-        self.admission = Some(admission);
-    }
-
     /// Hands the record to the response body, which writes it when it is done.
-    pub fn attach(self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn attach(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let record = self.record.take();
         let status = response.status().as_u16();
         let expected_len = response
             .headers()
@@ -58,15 +72,53 @@ impl AccessLog {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
         response.map(|inner| {
-            LoggedBody {
+            http_body_util::BodyExt::boxed_unsync(LoggedBody {
                 inner,
                 bytes_out: 0,
                 expected_len,
                 status,
-                record: Some(self),
-            }
-            .boxed_unsync_body()
+                record,
+            })
         })
+    }
+}
+
+impl Deref for AccessLog {
+    type Target = Record;
+
+    fn deref(&self) -> &Record {
+        // `attach` takes the record and the log with it: while the log exists, so does the record.
+        self.record
+            .as_ref()
+            .expect("the record is present until attach")
+    }
+}
+
+impl DerefMut for AccessLog {
+    fn deref_mut(&mut self) -> &mut Record {
+        self.record
+            .as_mut()
+            .expect("the record is present until attach")
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record.write(CLIENT_CLOSED, 0, "client_gone");
+        }
+    }
+}
+
+impl Record {
+    /// Keeps the tenant's concurrency slot until the answer's last byte.
+    pub fn hold(&mut self, slot: Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// Keeps the request counted in kqlgate's load until the answer's last byte.
+    pub fn hold_counted(&mut self, counted: Counted) {
+        self.counted = Some(counted);
     }
 
     fn write(self, status: u16, bytes_out: u64, outcome: &'static str) {
@@ -94,14 +146,10 @@ struct LoggedBody {
     /// From `Content-Length`: hyper stops polling once that many bytes are out.
     expected_len: Option<u64>,
     status: u16,
-    record: Option<AccessLog>,
+    record: Option<Record>,
 }
 
 impl LoggedBody {
-    fn boxed_unsync_body(self) -> ProxyBody {
-        http_body_util::BodyExt::boxed_unsync(self)
-    }
-
     fn finish(&mut self, outcome: &'static str) {
         if let Some(record) = self.record.take() {
             record.write(self.status, self.bytes_out, outcome);
@@ -111,7 +159,7 @@ impl LoggedBody {
 
 impl Body for LoggedBody {
     type Data = Bytes;
-    type Error = crate::pipeline::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -130,7 +178,7 @@ impl Body for LoggedBody {
                 }
             }
             Poll::Ready(Some(Err(error))) => {
-                tracing::warn!(error = %crate::pipeline::forward::error_chain(error.as_ref()), "upstream stream broke; aborting the client connection");
+                tracing::warn!(error = %error_chain(error.as_ref()), "upstream stream broke; aborting the client connection");
                 self.finish("aborted");
             }
             Poll::Ready(None) => self.finish("complete"),

@@ -6,6 +6,9 @@
 //! `@message` to the user and its async client refuses any other content type. Errors that come
 //! from the cluster never pass through here: they are streamed back untouched.
 
+use std::fmt;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -41,12 +44,26 @@ pub enum ProxyError {
     },
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// kqlgate is near one of its limits (`reason`: which) and sheds new requests.
+    #[error("kqlgate is overloaded ({reason} near its limit); retry in a moment")]
+    Overloaded { reason: &'static str },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    #[error("the request body did not arrive in time: {0}")]
+    RequestTimeout(String),
+    /// A failure inside kqlgate; the cause is for the log (written once, in `pipeline::handle`),
+    /// never for the client.
     #[error("internal error in kqlgate")]
-    Internal,
+    Internal(String),
+}
+
+impl ProxyError {
+    /// An internal error, keeping its cause for the log.
+    pub fn internal(cause: impl fmt::Display) -> ProxyError {
+        ProxyError::Internal(cause.to_string())
+    }
 }
 
 impl ProxyError {
@@ -59,10 +76,13 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ServiceUnavailable(_) | ProxyError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ProxyError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -76,10 +96,13 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "BadRequest",
             ProxyError::PayloadTooLarge { .. } => "PayloadTooLarge",
             ProxyError::TooManyRequests { .. } => "TooManyRequests",
-            ProxyError::ServiceUnavailable(_) => "ServiceUnavailable",
+            ProxyError::ServiceUnavailable(_) | ProxyError::Overloaded { .. } => {
+                "ServiceUnavailable"
+            }
             ProxyError::BadGateway(_) => "BadGateway",
             ProxyError::GatewayTimeout(_) => "GatewayTimeout",
-            ProxyError::Internal => "InternalServiceError",
+            ProxyError::RequestTimeout(_) => "RequestTimeout",
+            ProxyError::Internal(_) => "InternalServiceError",
         }
     }
 
@@ -95,10 +118,13 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "Request is invalid and cannot be executed.",
             ProxyError::PayloadTooLarge { .. } => "Request payload is too large.",
             ProxyError::TooManyRequests { .. } => "The request was throttled.",
-            ProxyError::ServiceUnavailable(_) => "The service is temporarily unavailable.",
+            ProxyError::ServiceUnavailable(_) | ProxyError::Overloaded { .. } => {
+                "The service is temporarily unavailable."
+            }
             ProxyError::BadGateway(_) => "The cluster could not be reached.",
             ProxyError::GatewayTimeout(_) => "The cluster did not answer in time.",
-            ProxyError::Internal => "An internal error occurred.",
+            ProxyError::RequestTimeout(_) => "The request was not received in time.",
+            ProxyError::Internal(_) => "An internal error occurred.",
         }
     }
 
@@ -110,6 +136,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_)
             | ProxyError::NotFound(_)
+            | ProxyError::RequestTimeout(_)
             | ProxyError::MethodNotAllowed { .. } => {
                 "Kusto.Data.Exceptions.KustoBadRequestException"
             }
@@ -121,8 +148,9 @@ impl ProxyError {
             }
             ProxyError::GatewayTimeout(_) => "Kusto.Data.Exceptions.KustoServiceTimeoutException",
             ProxyError::ServiceUnavailable(_)
+            | ProxyError::Overloaded { .. }
             | ProxyError::BadGateway(_)
-            | ProxyError::Internal => "Kusto.Data.Exceptions.KustoServiceException",
+            | ProxyError::Internal(_) => "Kusto.Data.Exceptions.KustoServiceException",
         }
     }
 
@@ -132,9 +160,11 @@ impl ProxyError {
             self,
             ProxyError::TooManyRequests { .. }
                 | ProxyError::ServiceUnavailable(_)
+                | ProxyError::Overloaded { .. }
                 | ProxyError::BadGateway(_)
                 | ProxyError::GatewayTimeout(_)
-                | ProxyError::Internal
+                | ProxyError::RequestTimeout(_)
+                | ProxyError::Internal(_)
         )
     }
 
@@ -190,6 +220,9 @@ impl ProxyError {
             } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
+            ProxyError::Overloaded { .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
+            }
             ProxyError::MethodNotAllowed { allowed, .. } => {
                 headers.insert(http::header::ALLOW, HeaderValue::from_static(allowed));
             }
@@ -199,10 +232,50 @@ impl ProxyError {
     }
 }
 
+/// An error and its causes on one line, e.g. "error sending request: connection refused".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether an I/O timeout is anywhere in the error's chain of causes.
+pub fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// `Retry-After` takes whole seconds; round up and never say 0.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(7)), 7);
+    }
 
     async fn envelope(error: ProxyError) -> (Response<Full<Bytes>>, serde_json::Value) {
         let response = error.into_response("KPC.execute;abc");

@@ -1,99 +1,158 @@
-//! The state every request shares, built once from a validated [`Config`]: tenants with their
-//! limiters, the authenticator, and one pooled upstream client per cluster.
+//! The state every request shares: the current [`Snapshot`] of the tenant table (swapped whole on
+//! reload) and the long-lived services beside it — the authenticator, the tenants' limiter
+//! state, the cluster identities.
 
-use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
-use http::HeaderMap;
+use arc_swap::ArcSwap;
 
-use crate::config::{Config, ServerSettings, Tenant};
-use crate::error::ProxyError;
-use crate::identity::{Credential, Identities};
-use crate::pipeline::authenticate::Authenticator;
-use crate::pipeline::forward::Upstream;
-use crate::pipeline::guard::DefaultProperties;
-use crate::pipeline::limit::TenantLimits;
+use crate::clock::Clock;
+use crate::config::{AadSettings, AuthSettings, Config, ServerSettings};
+use crate::services::auth::Authenticator;
+use crate::services::identity::Identities;
+use crate::services::limits::TenantLimits;
+use crate::services::load::Load;
+use crate::services::tenants::{Reuse, Snapshot};
 
 pub struct Gateway {
-    pub server: ServerSettings,
-    tenants: Vec<TenantState>,
-    authenticator: Authenticator,
-    upstreams: Vec<Upstream>,
+    snapshot: ArcSwap<Snapshot>,
+    pub authenticator: Authenticator,
+    pub limits: TenantLimits,
+    /// Connections, requests in flight, memory: what load shedding looks at.
+    pub load: Arc<Load>,
+    identities: Mutex<Identities>,
+    /// `[server]`, `[auth]` and `[aad]` as they were at start: what a reload cannot change.
+    started: Started,
     /// Set on shutdown, so `/readyz` tells load balancers to stop sending traffic.
     pub draining: AtomicBool,
     /// The body of `GET /v1/rest/auth/metadata`, when AAD callers are configured.
     pub aad_metadata: Option<String>,
 }
 
-pub struct TenantState {
-    pub config: Tenant,
-    pub limits: TenantLimits,
-    /// What this tenant's requests present to the cluster: its own identity, or the cluster's.
-    pub credential: Credential,
-    /// The request properties forwarded when a request brings none.
-    pub default_properties: DefaultProperties,
+struct Started {
+    server: ServerSettings,
+    auth: AuthSettings,
+    aad: Option<AadSettings>,
+}
+
+/// What a reload changed, for its log line.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    pub tenants: usize,
+    pub added: usize,
+    pub removed: usize,
+    /// Keys whose new value waits for a restart.
+    pub restart_needed: Vec<&'static str>,
 }
 
 impl Gateway {
     /// Must run inside the Tokio runtime: AAD identities start refreshing their tokens here.
-    pub fn new(config: Config) -> anyhow::Result<Gateway> {
-        let authenticator = Authenticator::new(&config.auth, &config.tenants, config.aad.as_ref())?;
+    /// `open_files` is the process's open-file limit, which bounds its connections.
+    pub fn new(config: Config, clock: Arc<dyn Clock>, open_files: u64) -> anyhow::Result<Gateway> {
+        let first_key = config.tenants.iter().find_map(|t| t.key_hashes.first());
+        let authenticator =
+            Authenticator::new(&config.auth, first_key, config.aad.as_ref(), clock.clone())?;
+        let limits = TenantLimits::new(clock);
+        let load = Arc::new(Load::new(&config.server, open_files));
         let mut identities = Identities::new()?;
-        let upstreams = config
-            .clusters
-            .iter()
-            .map(|cluster| {
-                Ok((
-                    Upstream::new(cluster, config.server.workers)?,
-                    identities.credential(&cluster.credential)?,
-                ))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let tenants = config
-            .tenants
-            .into_iter()
-            .map(|tenant| {
-                let credential = match &tenant.upstream {
-                    Some(own) => identities.credential(own)?,
-                    None => upstreams[tenant.cluster].1.clone(),
-                };
-                let enforce = config.clusters[tenant.cluster].enforce_request_properties;
-                Ok(TenantState {
-                    default_properties: DefaultProperties::new(enforce),
-                    limits: TenantLimits::new(&tenant),
-                    config: tenant,
-                    credential,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let upstreams = upstreams
-            .into_iter()
-            .map(|(upstream, _)| upstream)
-            .collect();
+        let started = Started {
+            server: config.server.clone(),
+            auth: config.auth.clone(),
+            aad: config.aad.clone(),
+        };
+        let aad_metadata = config.aad.as_ref().map(|aad| aad.metadata().to_string());
+        let workers = config.server.workers;
+        let snapshot = Snapshot::build(
+            config,
+            Reuse {
+                previous: None,
+                identities: &mut identities,
+                limits: &limits,
+                workers,
+            },
+        )?;
         Ok(Gateway {
-            server: config.server,
-            aad_metadata: config.aad.as_ref().map(|aad| aad.metadata().to_string()),
-            tenants,
+            snapshot: ArcSwap::from_pointee(snapshot),
             authenticator,
-            upstreams,
+            limits,
+            load,
+            identities: Mutex::new(identities),
+            started,
             draining: AtomicBool::new(false),
+            aad_metadata,
         })
     }
 
-    pub async fn authenticate(
-        &self,
-        headers: &HeaderMap,
-        client: IpAddr,
-    ) -> Result<&TenantState, ProxyError> {
-        let index = self.authenticator.authenticate(headers, client).await?;
-        Ok(&self.tenants[index])
+    /// The table as it is now; a request keeps this one to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
-    pub fn upstream_for(&self, tenant: &TenantState) -> &Upstream {
-        &self.upstreams[tenant.config.cluster]
+    /// `[server]` as it was at start.
+    pub fn server(&self) -> &ServerSettings {
+        &self.started.server
+    }
+
+    /// Swaps in the table of a new, validated `config`. Tenants keep their limiter state and
+    /// their verified keys (unless a key was removed); clusters whose settings did not change
+    /// keep their pools. Keys a running process cannot change keep their old values.
+    pub fn reload(&self, mut config: Config) -> anyhow::Result<Reloaded> {
+        let mut restart_needed = self.started.server.fixed_differences(&config.server);
+        keep_fixed(&self.started.server, &mut config.server);
+        if config.auth != self.started.auth {
+            restart_needed.push("auth");
+        }
+        if config.aad != self.started.aad {
+            restart_needed.push("aad");
+        }
+        let previous = self.snapshot();
+        let snapshot = {
+            let mut identities = self.identities.lock().unwrap_or_else(|e| e.into_inner());
+            let snapshot = Snapshot::build(
+                config,
+                Reuse {
+                    previous: Some(&previous),
+                    identities: &mut identities,
+                    limits: &self.limits,
+                    workers: self.started.server.workers,
+                },
+            )?;
+            identities.forget_unused();
+            snapshot
+        };
+        let added = snapshot
+            .tenants()
+            .filter(|t| previous.tenant(&t.config.id).is_none())
+            .count();
+        let removed = previous
+            .tenants()
+            .filter(|t| snapshot.tenant(&t.config.id).is_none())
+            .count();
+        let tenants = snapshot.tenants().count();
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        self.limits.retain(|id| snapshot.tenant(id).is_some());
+        self.authenticator.forget_missing(&snapshot);
+        Ok(Reloaded {
+            tenants,
+            added,
+            removed,
+            restart_needed,
+        })
     }
 
     pub fn prune(&self) {
         self.authenticator.prune();
     }
+}
+
+/// The new `[server]` with the values a running process cannot change taken from `running`.
+fn keep_fixed(running: &ServerSettings, new: &mut ServerSettings) {
+    new.listen = running.listen;
+    new.workers = running.workers;
+    new.tls = running.tls.clone();
+    new.max_connections = running.max_connections;
+    new.pid_file = running.pid_file.clone();
+    new.watch_config = running.watch_config;
 }

@@ -5,43 +5,87 @@
 //! tenant's limits and forwards it over pooled connections with the proxy's own credential,
 //! streaming the answer back. See `docs/ARCHITECTURE.md` for the map of modules.
 
-pub mod aad;
 pub mod access_log;
+pub mod clock;
 pub mod config;
+pub mod endpoint;
 pub mod error;
 pub mod gateway;
 pub mod headers;
-pub mod identity;
 pub mod keys;
 pub mod kql;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
+pub mod services;
 pub mod tls;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 
 pub use config::Config;
+use config::{problem, ConfigError};
+
+/// Loads and validates a config file as `kqlgate check`, `serve` and every reload do: the file's
+/// keys and values, and the TLS certificate and key it names.
+pub fn check_config(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    if let Some(files) = tls_files(&config) {
+        tls::check(&files).map_err(|e| problem("server.tls_cert", format!("{e:#}")))?;
+    }
+    Ok(config)
+}
+
+fn tls_files(config: &Config) -> Option<tls::TlsFiles> {
+    config.server.tls.as_ref().map(|(cert, key)| tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    })
+}
+
+/// What `run` serves and how it behaves around the request path.
+pub struct Options {
+    /// The file the config came from: reloads read it again. `None`: no reloads.
+    pub config_path: Option<PathBuf>,
+    /// The limiters' clock (a manual one in tests).
+    pub clock: Arc<dyn clock::Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            config_path: None,
+            clock: clock::SystemClock::shared(),
+        }
+    }
+}
 
 /// Binds the configured address and serves until `shutdown` resolves (then drains).
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let address = config.server.listen;
     // A std listener: each worker registers its own copy with its own event loop.
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen on {address}"))?;
-    let gateway = Arc::new(gateway::Gateway::new(config)?);
-    let scheme = if gateway.server.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let tls = tls_files(&config);
+    let open_files = services::load::raise_open_file_limit();
+    let gateway = Arc::new(gateway::Gateway::new(config, options.clock, open_files)?);
+    if let Some(path) = options.config_path {
+        reload::start(gateway.clone(), path)?;
+    }
     tracing::info!(
         address = %listener.local_addr()?,
-        scheme,
-        workers = gateway.server.workers,
+        scheme = if tls.is_some() { "https" } else { "http" },
+        workers = gateway.server().workers,
+        open_files,
+        max_connections = gateway.load.max_connections,
         "kqlgate listening"
     );
-    server::serve(listener, gateway, shutdown).await
+    server::serve(listener, gateway, tls, shutdown).await
 }

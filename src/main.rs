@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kqlgate::config::Config;
 
+mod cli;
+use cli::{summary, tenant};
+
 // Per-request work is allocation-heavy (headers, JSON, tokens); mimalloc's thread-local free
 // lists cost about half of glibc malloc's time here (see benches/RESULTS.md).
 #[global_allocator]
@@ -36,6 +39,63 @@ enum Command {
     /// Make or hash API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Tell the running kqlgate to reload its config (SIGHUP to the process in `pid_file`).
+    Reload(ConfigArg),
+    /// Add, re-key, revoke and remove tenants in the config file (the running process reloads).
+    Tenant(TenantArgs),
+}
+
+#[derive(Args)]
+struct TenantArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(subcommand)]
+    command: TenantCommand,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add a tenant with a new key; prints the key once, and the grant to run on the cluster.
+    Add {
+        id: String,
+        /// The tenant's database GUID.
+        #[arg(long)]
+        database: String,
+        /// Its `[clusters.NAME]` (default: the only one).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Another name clients may send in `db`; may be repeated.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        #[arg(long, value_enum, default_value_t = RoleArg::Viewer)]
+        role: RoleArg,
+    },
+    /// Add a key to a tenant (prints it once); the old ones keep working until revoked.
+    RotateKey { id: String },
+    /// Remove keys of a tenant.
+    RevokeKey {
+        id: String,
+        /// Every key but the newest.
+        #[arg(
+            long,
+            conflicts_with = "hash_prefix",
+            required_unless_present = "hash_prefix"
+        )]
+        older_than_newest: bool,
+        /// The key whose hash (as in `key_hashes`, or its fingerprint in the audit log) starts so.
+        #[arg(long)]
+        hash_prefix: Option<String>,
+    },
+    /// Remove a tenant.
+    Remove { id: String },
+    /// List the tenants: ids, databases, limits, key counts (never hashes).
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Admin,
 }
 
 #[derive(Subcommand)]
@@ -89,11 +149,13 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Key(KeyCommand::New) => key_new(),
         Command::Key(KeyCommand::Hash) => key_hash(),
+        Command::Reload(args) => reload(&args),
+        Command::Tenant(args) => tenant_command(args),
     }
 }
 
 fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
-    Config::load(&args.config).map_err(|error| {
+    kqlgate::check_config(&args.config).map_err(|error| {
         eprintln!("kqlgate: invalid config {}: {error}", args.config.display());
         ExitCode::from(EXIT_INVALID_CONFIG)
     })
@@ -102,7 +164,11 @@ fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
 fn check(args: &ConfigArg) -> ExitCode {
     match load(args) {
         Ok(config) => {
-            print!("{} is valid\n{}", args.config.display(), config.summary());
+            print!(
+                "{} is valid\n{}",
+                args.config.display(),
+                summary::summary(&config)
+            );
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -117,6 +183,23 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     release_freed_memory();
+    let _pid_file = match config
+        .server
+        .pid_file
+        .clone()
+        .map(PidFile::write)
+        .transpose()
+    {
+        Ok(pid_file) => pid_file,
+        Err(error) => {
+            eprintln!("kqlgate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = kqlgate::Options {
+        config_path: Some(args.config.config.clone()),
+        ..Default::default()
+    };
     // This thread becomes worker 0; server.rs starts the others, each with a runtime like this.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,7 +211,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(kqlgate::run(config, shutdown_signal())) {
+    match runtime.block_on(kqlgate::run(config, options, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -215,6 +298,120 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// The pid file `serve` writes, removed when it exits.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: PathBuf) -> Result<PidFile, String> {
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write the pid file {}: {e}", path.display()))?;
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends SIGHUP to the process named in `pid_file`; its pid.
+fn send_hangup(pid_file: &std::path::Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // SAFETY: kill(2) with a positive pid signals that one process; no memory is involved.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(format!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(pid)
+}
+
+fn reload(args: &ConfigArg) -> ExitCode {
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(pid_file) = &config.server.pid_file else {
+        eprintln!(
+            "kqlgate: {} names no [server] pid_file; send SIGHUP to the kqlgate process \
+             yourself (kill -HUP <pid>), or rely on watch_config (on by default)",
+            args.config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match send_hangup(pid_file) {
+        Ok(pid) => {
+            println!(
+                "sent SIGHUP to kqlgate (pid {pid}): it reloads {}",
+                args.config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kqlgate: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tenant_command(args: TenantArgs) -> ExitCode {
+    let path = &args.config.config;
+    let outcome = match args.command {
+        TenantCommand::List => tenant::list(path),
+        TenantCommand::Add {
+            id,
+            database,
+            cluster,
+            aliases,
+            role,
+        } => tenant::apply(
+            path,
+            tenant::Change::Add {
+                id,
+                database,
+                cluster,
+                aliases,
+                admin: matches!(role, RoleArg::Admin),
+            },
+        ),
+        TenantCommand::RotateKey { id } => tenant::apply(path, tenant::Change::RotateKey { id }),
+        TenantCommand::RevokeKey {
+            id,
+            older_than_newest,
+            hash_prefix,
+        } => tenant::apply(
+            path,
+            tenant::Change::RevokeKey {
+                id,
+                which: match (older_than_newest, hash_prefix) {
+                    (_, Some(prefix)) => tenant::Revoke::HashPrefix(prefix),
+                    _ => tenant::Revoke::OlderThanNewest,
+                },
+            },
+        ),
+        TenantCommand::Remove { id } => tenant::apply(path, tenant::Change::Remove { id }),
+    };
+    match outcome {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("kqlgate: {error}");
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
     }
 }
 

@@ -1,51 +1,63 @@
-//! Stage: accept. The listener loop: HTTP/1.1 and HTTP/2 through hyper-util's auto builder (over
-//! TLS with ALPN when `tls_cert` is set, else cleartext), a header read timeout against slow-loris
-//! clients (the TLS handshake gets the same bound), and graceful shutdown — stop accepting, let
-//! in-flight streams finish, give up after the grace period.
+//! Stage: accept. The listener loop and every connection's life: HTTP/1.1 and HTTP/2 through
+//! hyper-util's auto builder (over TLS with ALPN when `tls_cert` is set, else cleartext), a
+//! deadline in every state a connection can sit in, a connection budget, and graceful shutdown.
+//!
+//! Deadlines (`[server]`), enforced by one watchdog per connection:
+//! - TLS handshake: `tls_handshake_timeout_seconds`;
+//! - accepted (or handshaken) but no complete request yet — silent, a partial HTTP/2 preface, an
+//!   HTTP/2 connection that sent only SETTINGS, slow headers: `header_read_timeout_seconds`;
+//! - HTTP/1 keep-alive with no request in flight: `keepalive_timeout_seconds`, and once bytes of
+//!   a next request arrive, `header_read_timeout_seconds` for the rest of its headers;
+//! - HTTP/2 with no open stream: `http2_idle_timeout_seconds` (and PINGs while streams run).
+//!
+//! A connection past its deadline is shut down gracefully, then dropped if it will not go.
 //!
 //! Threads: `server.workers` event loops (one per CPU by default), each a single-threaded Tokio
 //! runtime serving its connections to the end, with its own upstream connection pool — as
-//! nginx's workers do. A request never changes thread, so no wake-up crosses cores; this cut CPU
-//! per small request by about a sixth against Tokio's work-stealing scheduler
-//! (benches/ANALYSIS.md). One acceptor hands each new connection to the worker with the fewest
-//! open connections (workers racing for `accept` split them unevenly, and the busiest worker then
-//! sets the latency). The calling thread is worker 0 and also runs the acceptor and the
-//! background tasks (token refresh, JWKS, certificate reload, signals).
+//! nginx's workers do. One acceptor hands each new connection to the worker with the fewest
+//! open connections. The calling thread is worker 0 and also runs the acceptor and the
+//! background tasks (token refresh, JWKS, certificate reload, signals, reload).
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
+use crate::config::ServerSettings;
 use crate::gateway::Gateway;
-use crate::pipeline;
+use crate::pipeline::{self, BoxError, ProxyBody};
+use crate::services::load::Counted;
+use crate::tls::TlsFiles;
 
-/// How often idle sign-in limiter state is forgotten.
+/// How often idle sign-in budget state is forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-
-thread_local! {
-    static WORKER_INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Which worker runs the current thread (0 outside the workers): picks the worker's own pool.
-pub fn worker_index() -> usize {
-    WORKER_INDEX.with(Cell::get)
-}
+/// How long a connection asked to close gracefully may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// TCP keepalive on client sockets: a vanished client's connection (and what it holds) is
+/// found dead after about `IDLE + COUNT × INTERVAL`.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_COUNT: u32 = 6;
 
 /// A connection on its way from the acceptor to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr);
+type Handoff = (std::net::TcpStream, SocketAddr, Counted);
 
 /// What every worker needs to serve connections.
 #[derive(Clone)]
@@ -61,16 +73,17 @@ struct Worker {
 pub async fn serve(
     listener: std::net::TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<TlsFiles>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
-    let tls = match &gateway.server.tls {
+    let tls = match &tls {
         Some(files) => Some(crate::tls::acceptor(files)?),
         None => None,
     };
     let (stop, stopping) = watch::channel(false);
-    let workers = gateway.server.workers.max(1);
+    let workers = gateway.server().workers.max(1);
     let worker = Worker {
         gateway: gateway.clone(),
         tls,
@@ -91,14 +104,16 @@ pub async fn serve(
         });
     }
     let pruner = tokio::spawn(prune_periodically(gateway.clone()));
+    gateway.load.watch_memory();
     tokio::spawn(worker.clone().accept(listener, handoffs));
 
     shutdown.await;
     gateway.draining.store(true, Ordering::Relaxed);
     pruner.abort();
-    let grace = gateway.server.shutdown_grace;
+    let grace = gateway.server().shutdown_grace;
     tracing::info!(
         grace_seconds = grace.as_secs(),
+        connections = gateway.load.connections(),
         "shutting down: no new connections, draining in-flight requests"
     );
     let _ = stop.send(true);
@@ -128,7 +143,6 @@ fn start_worker(
     std::thread::Builder::new()
         .name(format!("kqlgate-worker-{index}"))
         .spawn(move || {
-            WORKER_INDEX.with(|cell| cell.set(index));
             let _ = done.send(runtime.block_on(worker.run(index, incoming)));
         })
         .context("cannot start a worker thread")?;
@@ -142,12 +156,13 @@ impl Worker {
         listener: TcpListener,
         handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
     ) {
+        let load = self.gateway.load.clone();
         loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        // Usually out of file descriptors: back off instead of spinning.
+                        // Out of file descriptors, usually: back off instead of spinning.
                         tracing::warn!(%error, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
@@ -155,7 +170,13 @@ impl Worker {
                 },
                 () = stopped(&mut self.stopping) => break,
             };
-            let _ = stream.set_nodelay(true);
+            // Past the budget a connection is closed at once: a prompt refusal, never a hang,
+            // and the process keeps the descriptors it needs for the connections it serves.
+            let Some(counted) = load.connection() else {
+                tracing::debug!(%client, "connection refused: max_connections reached");
+                continue;
+            };
+            prepare(&stream);
             let least_busy = (0..handoffs.len())
                 .min_by_key(|&index| self.open[index].load(Ordering::Relaxed))
                 .unwrap_or(0);
@@ -166,7 +187,7 @@ impl Worker {
                 .map_err(|error| error.to_string())
                 .and_then(|stream| {
                     handoffs[least_busy]
-                        .send((stream, client))
+                        .send((stream, client, counted))
                         .map_err(|_| "the worker has stopped".to_owned())
                 });
             if let Err(error) = handed {
@@ -180,16 +201,9 @@ impl Worker {
     /// Serves the connections handed to worker `index` until the server stops, then drains
     /// them; returns whether they all finished within the grace period.
     async fn run(mut self, index: usize, mut incoming: mpsc::UnboundedReceiver<Handoff>) -> bool {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.gateway.server.header_read_timeout)
-            .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
-        let graceful = GracefulShutdown::new();
+        let connections = TaskTracker::new();
         loop {
-            let (stream, client) = tokio::select! {
+            let (stream, client, counted) = tokio::select! {
                 handed = incoming.recv() => match handed {
                     Some(handed) => handed,
                     None => break,
@@ -199,6 +213,7 @@ impl Worker {
             let open = OpenConnection {
                 open: self.open.clone(),
                 index,
+                _counted: counted,
             };
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -207,48 +222,316 @@ impl Worker {
                     continue;
                 }
             };
-            let gateway = self.gateway.clone();
-            let handshake_timeout = gateway.server.header_read_timeout;
-            let service = service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(pipeline::handle(&gateway, request, client).await) }
-            });
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let tls = self.tls.clone();
-            tokio::spawn(async move {
+            let worker = self.clone();
+            connections.spawn(async move {
                 let _open = open;
-                let served = match tls {
-                    None => {
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                    Some(tls) => {
-                        let handshake = tokio::time::timeout(handshake_timeout, tls.accept(stream));
-                        let stream = match handshake.await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%client, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%client, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(connection.into_owned()).await
-                    }
-                };
-                if let Err(error) = served {
-                    tracing::debug!(%client, error = %error, "connection ended with an error");
-                }
+                worker.connection(stream, client, index).await;
             });
         }
+        connections.close();
         tokio::select! {
-            () = graceful.shutdown() => true,
-            () = tokio::time::sleep(self.gateway.server.shutdown_grace) => false,
+            () = connections.wait() => true,
+            () = tokio::time::sleep(self.gateway.server().shutdown_grace) => false,
         }
+    }
+
+    /// One connection, from the TLS handshake to its close.
+    async fn connection(mut self, stream: TcpStream, client: SocketAddr, worker: usize) {
+        let settings = self.gateway.snapshot().server.clone();
+        match self.tls.clone() {
+            None => self.serve(stream, client, worker, &settings).await,
+            Some(tls) => {
+                let handshake =
+                    tokio::time::timeout(settings.tls_handshake_timeout, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => self.serve(stream, client, worker, &settings).await,
+                    Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve<I>(
+        &mut self,
+        io: I,
+        client: SocketAddr,
+        worker: usize,
+        settings: &ServerSettings,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            inner: io,
+            activity: activity.clone(),
+        });
+        let gateway = self.gateway.clone();
+        let on_request = activity.clone();
+        let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let gateway = gateway.clone();
+            let active = on_request.begin(request.version() == http::Version::HTTP_2);
+            async move {
+                let response = pipeline::handle(&gateway, request, client, worker).await;
+                Ok::<_, Infallible>(response.map(|body| InFlight {
+                    body,
+                    _active: active,
+                }))
+            }
+        });
+        let builder = builder(settings);
+        let connection = builder.serve_connection(io, service);
+        let mut connection = std::pin::pin!(connection);
+        let mut close_by: Option<Instant> = None;
+        let served = loop {
+            let overdue = async move {
+                match close_by {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                served = connection.as_mut() => break served,
+                () = overdue => {
+                    tracing::debug!(%client, "connection did not close in time; dropping it");
+                    return;
+                }
+                reason = activity.expired(settings), if close_by.is_none() => {
+                    tracing::debug!(%client, reason, "closing connection");
+                    connection.as_mut().graceful_shutdown();
+                    close_by = Some(Instant::now() + CLOSE_GRACE);
+                }
+                () = stopped(&mut self.stopping), if close_by.is_none() => {
+                    // Shutdown: in-flight answers finish, within the worker's grace period.
+                    connection.as_mut().graceful_shutdown();
+                    close_by = Some(Instant::now() + self.gateway.server().shutdown_grace);
+                }
+            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%client, error = %error, "connection ended with an error");
+        }
+    }
+}
+
+/// The connection settings of hyper's server, from `[server]`.
+fn builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Header and idle deadlines are the watchdog's (see the module's comment): hyper's own
+    // header timer also runs while an HTTP/1 connection waits idle, which would cut keep-alive
+    // short at the header deadline.
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    let mut http2 = builder.http2();
+    http2.timer(TokioTimer::new());
+    if let Some((interval, timeout)) = settings.http2_keepalive {
+        http2
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(timeout);
+    }
+    builder
+}
+
+/// Low-latency writes, and TCP keepalive so a vanished client is found.
+fn prepare(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_COUNT);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// What a connection is doing, for its watchdog: requests in flight, when it last went idle,
+/// whether bytes arrived since.
+struct Activity {
+    epoch: Instant,
+    active: AtomicUsize,
+    /// Nanoseconds from `epoch` at which the connection last went idle (0: it never served a
+    /// request; it is "idle" since it opened).
+    idle_since: AtomicU64,
+    /// Nanoseconds from `epoch` of the first byte read while idle; 0: none.
+    read_while_idle: AtomicU64,
+    served: AtomicBool,
+    http2: AtomicBool,
+    changed: Notify,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            active: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            read_while_idle: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos().max(1) as u64
+    }
+
+    fn begin(self: &Arc<Activity>, http2: bool) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.served.store(true, Ordering::Relaxed);
+        self.http2.store(http2, Ordering::Relaxed);
+        self.read_while_idle.store(0, Ordering::Relaxed);
+        self.changed.notify_one();
+        Active {
+            activity: self.clone(),
+        }
+    }
+
+    fn read(&self) {
+        if self.active.load(Ordering::Relaxed) == 0
+            && self.read_while_idle.load(Ordering::Relaxed) == 0
+        {
+            self.read_while_idle.store(self.now(), Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection's current state runs out, and what that state is; `None` while a
+    /// request is in flight.
+    fn deadline(&self, settings: &ServerSettings) -> Option<(Instant, &'static str)> {
+        if self.active.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let at = |nanos: u64, limit: Duration| self.epoch + Duration::from_nanos(nanos) + limit;
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
+        Some(if !self.served.load(Ordering::Relaxed) {
+            (
+                at(0, settings.header_read_timeout),
+                "no request within the header deadline",
+            )
+        } else if self.http2.load(Ordering::Relaxed) {
+            (
+                at(idle_since, settings.http2_idle_timeout),
+                "HTTP/2 idle timeout",
+            )
+        } else {
+            match self.read_while_idle.load(Ordering::Relaxed) {
+                0 => (
+                    at(idle_since, settings.keepalive_timeout),
+                    "keep-alive timeout",
+                ),
+                first => (at(first, settings.header_read_timeout), "headers too slow"),
+            }
+        })
+    }
+
+    /// Resolves when the connection has sat too long in one state.
+    async fn expired(&self, settings: &ServerSettings) -> &'static str {
+        loop {
+            let changed = self.changed.notified();
+            match self.deadline(settings) {
+                None => changed.await,
+                Some((deadline, reason)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {
+                            if self.deadline(settings).is_some_and(|(d, _)| d <= Instant::now()) {
+                                return reason;
+                            }
+                        }
+                        () = changed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One request of a connection in flight; when the last ends, the connection is idle.
+struct Active {
+    activity: Arc<Activity>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let activity = &self.activity;
+        activity.idle_since.store(activity.now(), Ordering::SeqCst);
+        activity.read_while_idle.store(0, Ordering::Relaxed);
+        activity.active.fetch_sub(1, Ordering::SeqCst);
+        activity.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in flight on its connection.
+struct InFlight {
+    body: ProxyBody,
+    _active: Active,
+}
+
+impl Body for InFlight {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connection's I/O, telling its [`Activity`] when bytes arrive.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 }
 
@@ -256,6 +539,7 @@ impl Worker {
 struct OpenConnection {
     open: Arc<[AtomicUsize]>,
     index: usize,
+    _counted: Counted,
 }
 
 impl Drop for OpenConnection {

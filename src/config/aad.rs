@@ -49,7 +49,7 @@ fn default_jwks_min_refetch_seconds() -> u64 {
     30
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AadSettings {
     pub discovery_urls: Vec<reqwest::Url>,
     pub tenants: Vec<String>,

@@ -39,6 +39,7 @@ pub struct CredentialSection {
 }
 
 /// What the proxy presents to the cluster. Never the caller's credential.
+#[derive(PartialEq)]
 pub enum UpstreamCredential {
     None,
     Bearer(Secret),
@@ -46,7 +47,7 @@ pub enum UpstreamCredential {
 }
 
 /// An AAD identity of the proxy's: who asks for tokens, where, and for what scope.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AadIdentity {
     pub flow: AadFlow,
     /// `https://login.microsoftonline.com`, without a trailing slash.
@@ -57,7 +58,7 @@ pub struct AadIdentity {
     pub scope: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AadFlow {
     /// Client-credentials grant with a client secret.
     ClientSecret(SecretSource),
@@ -67,7 +68,7 @@ pub enum AadFlow {
     ManagedIdentity { endpoint: reqwest::Url },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
     /// Read from the environment at load.
     Value(Secret),
@@ -76,7 +77,7 @@ pub enum SecretSource {
 }
 
 /// A secret string that never prints itself.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Secret(String);
 
 impl Secret {

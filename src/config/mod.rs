@@ -1,22 +1,28 @@
 //! Configuration: `kqlgate.toml` → [`FileConfig`] (the file's shape, exactly as written) →
 //! [`Config`] (validated, typed, ready to serve). Validation happens once, at load, and every
-//! problem is reported with the key path it concerns (`tenants[2].cluster: …`), so `kqlgate check`
-//! and `kqlgate serve` refuse a bad file the same way.
+//! problem is reported with the key path it concerns (`tenants[2].cluster: …`), so
+//! `kqlgate check`, `kqlgate serve` and a reload refuse a bad file the same way. One file per
+//! section: `server`, `auth`, `cluster` (with `credential`), `tenant`, `aad`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordHashString};
 use serde::Deserialize;
 
 pub mod aad;
+pub mod auth;
+pub mod cluster;
 pub mod credential;
+pub mod server;
+pub mod tenant;
 
 pub use aad::{AadSettings, Principal};
+pub use auth::AuthSettings;
+pub use cluster::Cluster;
 pub use credential::{CredentialKind, CredentialSection, Secret, UpstreamCredential};
+pub use server::ServerSettings;
+pub use tenant::{RateLimit, Tenant};
 
 // === The file's shape ===
 
@@ -24,174 +30,14 @@ pub use credential::{CredentialKind, CredentialSection, Secret, UpstreamCredenti
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
-    pub server: ServerSection,
+    pub server: server::ServerSection,
     #[serde(default)]
-    pub auth: AuthSection,
+    pub auth: auth::AuthSection,
     #[serde(default)]
-    pub clusters: BTreeMap<String, ClusterSection>,
+    pub clusters: BTreeMap<String, cluster::ClusterSection>,
     #[serde(default)]
-    pub tenants: Vec<TenantSection>,
+    pub tenants: Vec<tenant::TenantSection>,
     pub aad: Option<aad::AadSection>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Applies to the decoded body, so a small gzip bomb cannot expand past it.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: u64,
-    #[serde(default = "default_header_read_timeout_seconds")]
-    pub header_read_timeout_seconds: u64,
-    /// How long in-flight streams may run on after SIGTERM/SIGINT.
-    #[serde(default = "default_shutdown_grace_seconds")]
-    pub shutdown_grace_seconds: u64,
-    /// PEM certificate chain and key: serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// Threads serving connections, each with its own event loop; 0 = one per CPU available.
-    #[serde(default)]
-    pub workers: usize,
-}
-
-/// Limits that keep argon2 (expensive on purpose) from becoming a denial-of-service lever.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    /// argon2 verifications running at once; more wait (briefly) for a slot.
-    #[serde(default = "default_max_concurrent_verifications")]
-    pub max_concurrent_verifications: usize,
-    /// Uncached key verifications allowed per client address and per tenant id, as a burst…
-    #[serde(default = "default_verify_burst")]
-    pub verify_burst: u32,
-    /// …refilled at this many per minute.
-    #[serde(default = "default_verify_per_minute")]
-    pub verify_per_minute: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSection {
-    pub url: String,
-    // The credential keys (see `credential::CredentialSection`), flat as the contract has them.
-    #[serde(default)]
-    pub auth: CredentialKind,
-    pub token_env: Option<String>,
-    pub tenant_id: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret_env: Option<String>,
-    pub client_secret_file: Option<PathBuf>,
-    pub authority_host: Option<String>,
-    pub scope: Option<String>,
-    pub federated_token_file: Option<PathBuf>,
-    pub imds_endpoint: Option<String>,
-    #[serde(default = "default_timeout_seconds")]
-    pub timeout_seconds: u64,
-    #[serde(default = "default_connect_timeout_seconds")]
-    pub connect_timeout_seconds: u64,
-    /// Idle keep-alive connections kept to the cluster by each worker.
-    #[serde(default = "default_pool_max_idle")]
-    pub pool_max_idle: usize,
-    /// Force the request properties that keep a query inside its database.
-    #[serde(default = "default_true")]
-    pub enforce_request_properties: bool,
-    /// Prefix queries with Kusto's own `restrict access to (…)` statement.
-    #[serde(default)]
-    pub restrict_statement: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantSection {
-    pub id: String,
-    #[serde(default)]
-    pub key_hashes: Vec<String>,
-    /// AAD callers that act as this tenant: `app:<appid>`, `oid:<object id>`, `tid:<tenant id>`.
-    #[serde(default)]
-    pub aad_principals: Vec<String>,
-    /// The tenant's own identity at the cluster, instead of the cluster's.
-    pub upstream: Option<CredentialSection>,
-    pub cluster: String,
-    pub database: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    pub rate_per_second: Option<f64>,
-    pub burst: Option<u32>,
-    pub max_concurrent: Option<u32>,
-    #[serde(default)]
-    pub role: RoleName,
-}
-
-/// What a tenant may do with control commands (see `kql::command_policy`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleName {
-    #[default]
-    Viewer,
-    Admin,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-fn default_max_body_bytes() -> u64 {
-    1024 * 1024
-}
-fn default_header_read_timeout_seconds() -> u64 {
-    10
-}
-fn default_shutdown_grace_seconds() -> u64 {
-    30
-}
-fn default_max_concurrent_verifications() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-fn default_verify_burst() -> u32 {
-    10
-}
-fn default_verify_per_minute() -> u32 {
-    30
-}
-fn default_timeout_seconds() -> u64 {
-    300
-}
-/// More event loops than this would only add context switches on any machine kqlgate runs on.
-const MAX_WORKERS: usize = 256;
-
-fn default_connect_timeout_seconds() -> u64 {
-    10
-}
-fn default_pool_max_idle() -> usize {
-    64
-}
-
-impl Default for ServerSection {
-    fn default() -> Self {
-        ServerSection {
-            listen: default_listen(),
-            max_body_bytes: default_max_body_bytes(),
-            header_read_timeout_seconds: default_header_read_timeout_seconds(),
-            shutdown_grace_seconds: default_shutdown_grace_seconds(),
-            tls_cert: None,
-            tls_key: None,
-            workers: 0,
-        }
-    }
-}
-
-impl Default for AuthSection {
-    fn default() -> Self {
-        AuthSection {
-            max_concurrent_verifications: default_max_concurrent_verifications(),
-            verify_burst: default_verify_burst(),
-            verify_per_minute: default_verify_per_minute(),
-        }
-    }
 }
 
 // === The validated configuration ===
@@ -205,87 +51,10 @@ pub struct Config {
     pub aad: Option<AadSettings>,
 }
 
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    pub listen: SocketAddr,
-    pub max_body_bytes: usize,
-    pub header_read_timeout: Duration,
-    pub shutdown_grace: Duration,
-    pub tls: Option<TlsFiles>,
-    /// At least 1: `workers = 0` is resolved to the CPUs available at load.
-    pub workers: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    pub max_concurrent_verifications: usize,
-    pub verify_burst: u32,
-    pub verify_per_minute: u32,
-}
-
-#[derive(Debug)]
-pub struct Cluster {
-    pub name: String,
-    pub url: reqwest::Url,
-    pub credential: UpstreamCredential,
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub pool_max_idle: usize,
-    pub enforce_request_properties: bool,
-    pub restrict_statement: bool,
-}
-
-#[derive(Debug)]
-pub struct Tenant {
-    pub id: String,
-    pub key_hashes: Vec<PasswordHashString>,
-    pub aad_principals: Vec<Principal>,
-    /// The tenant's own identity at the cluster; `None`: the cluster's.
-    pub upstream: Option<UpstreamCredential>,
-    /// Index into [`Config::clusters`].
-    pub cluster: usize,
-    /// The database GUID, as configured; the name forwarded to the cluster.
-    pub database: String,
-    /// Lower-cased names (GUID and aliases) that all mean [`Tenant::database`].
-    pub database_names: Vec<String>,
-    pub rate: Option<RateLimit>,
-    pub max_concurrent: Option<u32>,
-    pub role: crate::kql::Role,
-}
-
-#[cfg(test)]
-impl Tenant {
-    /// A tenant for unit tests: `contoso`, its database `1111…` with the alias `Samples`, a
-    /// viewer, with no keys and no limits.
-    pub fn example() -> Tenant {
-        Tenant {
-            id: "contoso".into(),
-            key_hashes: vec![],
-            aad_principals: vec![],
-            upstream: None,
-            cluster: 0,
-            database: "11111111-1111-1111-1111-111111111111".into(),
-            database_names: vec![
-                "11111111-1111-1111-1111-111111111111".into(),
-                "samples".into(),
-            ],
-            rate: None,
-            max_concurrent: None,
-            role: crate::kql::Role::Viewer,
-        }
+impl Config {
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimit {
-    pub per_second: f64,
-    pub burst: u32,
 }
 
 /// One problem in the file, with the key path it concerns.
@@ -307,7 +76,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn problem(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub fn problem(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
         message: message.into(),
@@ -345,8 +114,6 @@ impl Config {
         let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            // toml's message carries line, column and a snippet; keep only its first sentence
-            // when the path already says where.
             problem(
                 if path == "." { String::new() } else { path },
                 inner.message(),
@@ -429,340 +196,10 @@ fn check_principals(tenants: &[Tenant], aad_configured: bool) -> Result<(), Conf
     Ok(())
 }
 
-impl ServerSection {
-    fn validate(self) -> Result<ServerSettings, ConfigError> {
-        let listen = self.listen.parse().map_err(|_| {
-            problem(
-                "server.listen",
-                format!("{:?} is not an address:port", self.listen),
-            )
-        })?;
-        if self.max_body_bytes == 0 {
-            return Err(problem("server.max_body_bytes", "must be at least 1"));
-        }
-        let max_body_bytes = usize::try_from(self.max_body_bytes)
-            .map_err(|_| problem("server.max_body_bytes", "too large"))?;
-        if self.header_read_timeout_seconds == 0 {
-            return Err(problem(
-                "server.header_read_timeout_seconds",
-                "must be at least 1",
-            ));
-        }
-        if self.workers > MAX_WORKERS {
-            return Err(problem(
-                "server.workers",
-                format!("at most {MAX_WORKERS} (0 = one per CPU)"),
-            ));
-        }
-        let workers = match self.workers {
-            // available_parallelism honours CPU affinity and cgroup quotas (containers).
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let tls = match (self.tls_cert, self.tls_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => {
-                let files = TlsFiles { cert, key };
-                crate::tls::check(&files)
-                    .map_err(|e| problem("server.tls_cert", format!("{e:#}")))?;
-                Some(files)
-            }
-            (Some(_), None) => return Err(problem("server.tls_key", "required with tls_cert")),
-            (None, Some(_)) => return Err(problem("server.tls_cert", "required with tls_key")),
-        };
-        Ok(ServerSettings {
-            listen,
-            max_body_bytes,
-            header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
-            tls,
-            workers,
-        })
-    }
-}
-
-impl AuthSection {
-    fn validate(self) -> Result<AuthSettings, ConfigError> {
-        if self.max_concurrent_verifications == 0 {
-            return Err(problem(
-                "auth.max_concurrent_verifications",
-                "must be at least 1",
-            ));
-        }
-        if self.verify_burst == 0 {
-            return Err(problem("auth.verify_burst", "must be at least 1"));
-        }
-        if self.verify_per_minute == 0 {
-            return Err(problem("auth.verify_per_minute", "must be at least 1"));
-        }
-        Ok(AuthSettings {
-            max_concurrent_verifications: self.max_concurrent_verifications,
-            verify_burst: self.verify_burst,
-            verify_per_minute: self.verify_per_minute,
-        })
-    }
-}
-
-impl ClusterSection {
-    fn validate(self, name: String, env: &dyn Environment) -> Result<Cluster, ConfigError> {
-        let path = format!("clusters.{name}");
-        let url = reqwest::Url::parse(&self.url)
-            .map_err(|e| problem(format!("{path}.url"), format!("{:?}: {e}", self.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(problem(
-                format!("{path}.url"),
-                "must be an http:// or https:// URL with a host",
-            ));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(problem(
-                format!("{path}.url"),
-                "must not carry credentials; use auth = \"bearer-env\"",
-            ));
-        }
-        let credential_keys = CredentialSection {
-            auth: self.auth,
-            token_env: self.token_env,
-            tenant_id: self.tenant_id,
-            client_id: self.client_id,
-            client_secret_env: self.client_secret_env,
-            client_secret_file: self.client_secret_file,
-            authority_host: self.authority_host,
-            scope: self.scope,
-            federated_token_file: self.federated_token_file,
-            imds_endpoint: self.imds_endpoint,
-        };
-        let credential = credential_keys.validate(&path, &url, env)?;
-        if self.timeout_seconds == 0 {
-            return Err(problem(
-                format!("{path}.timeout_seconds"),
-                "must be at least 1",
-            ));
-        }
-        if self.connect_timeout_seconds == 0 {
-            return Err(problem(
-                format!("{path}.connect_timeout_seconds"),
-                "must be at least 1",
-            ));
-        }
-        Ok(Cluster {
-            name,
-            url,
-            credential,
-            timeout: Duration::from_secs(self.timeout_seconds),
-            connect_timeout: Duration::from_secs(self.connect_timeout_seconds),
-            pool_max_idle: self.pool_max_idle,
-            enforce_request_properties: self.enforce_request_properties,
-            restrict_statement: self.restrict_statement,
-        })
-    }
-}
-
-/// Tenant ids travel in `x-ms-user`/`x-ms-app` headers and as the Basic username, so they are
-/// restricted to characters that are safe in all three.
-fn is_valid_tenant_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-impl TenantSection {
-    fn validate(
-        self,
-        path: &str,
-        clusters: &[Cluster],
-        env: &dyn Environment,
-    ) -> Result<Tenant, ConfigError> {
-        if !is_valid_tenant_id(&self.id) {
-            return Err(problem(
-                format!("{path}.id"),
-                format!(
-                    "{:?} is not a valid tenant id (1-128 of A-Z a-z 0-9 - _ .)",
-                    self.id
-                ),
-            ));
-        }
-        if self.key_hashes.is_empty() && self.aad_principals.is_empty() {
-            return Err(problem(
-                format!("{path}.key_hashes"),
-                "a tenant needs key_hashes (make one with `kqlgate key new`), aad_principals, or both",
-            ));
-        }
-        let mut aad_principals = Vec::with_capacity(self.aad_principals.len());
-        for (index, text) in self.aad_principals.iter().enumerate() {
-            aad_principals.push(
-                Principal::parse(text)
-                    .map_err(|m| problem(format!("{path}.aad_principals[{index}]"), m))?,
-            );
-        }
-        let mut key_hashes = Vec::with_capacity(self.key_hashes.len());
-        for (index, phc) in self.key_hashes.iter().enumerate() {
-            key_hashes.push(
-                parse_key_hash(phc)
-                    .map_err(|message| problem(format!("{path}.key_hashes[{index}]"), message))?,
-            );
-        }
-        let cluster = clusters
-            .iter()
-            .position(|c| c.name == self.cluster)
-            .ok_or_else(|| {
-                problem(
-                    format!("{path}.cluster"),
-                    format!("unknown cluster {:?}", self.cluster),
-                )
-            })?;
-        let upstream = match self.upstream {
-            None => None,
-            Some(section) => {
-                let url = &clusters[cluster].url;
-                Some(section.validate(&format!("{path}.upstream"), url, env)?)
-            }
-        };
-        if uuid::Uuid::parse_str(&self.database).is_err() {
-            return Err(problem(
-                format!("{path}.database"),
-                format!("{:?} is not a database GUID", self.database),
-            ));
-        }
-        let mut database_names = vec![self.database.to_ascii_lowercase()];
-        for (index, alias) in self.aliases.iter().enumerate() {
-            if alias.trim().is_empty() {
-                return Err(problem(format!("{path}.aliases[{index}]"), "is empty"));
-            }
-            database_names.push(alias.to_lowercase());
-        }
-        let rate = match (self.rate_per_second, self.burst) {
-            (None, None) => None,
-            (None, Some(_)) => {
-                return Err(problem(
-                    format!("{path}.burst"),
-                    "needs rate_per_second as well",
-                ))
-            }
-            (Some(per_second), burst) => {
-                if !(per_second.is_finite() && per_second > 0.0) {
-                    return Err(problem(
-                        format!("{path}.rate_per_second"),
-                        "must be a number greater than 0",
-                    ));
-                }
-                let burst = burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);
-                if burst == 0 {
-                    return Err(problem(format!("{path}.burst"), "must be at least 1"));
-                }
-                Some(RateLimit { per_second, burst })
-            }
-        };
-        if self.max_concurrent == Some(0) {
-            return Err(problem(
-                format!("{path}.max_concurrent"),
-                "must be at least 1",
-            ));
-        }
-        Ok(Tenant {
-            id: self.id,
-            key_hashes,
-            aad_principals,
-            upstream,
-            cluster,
-            database: self.database,
-            database_names,
-            rate,
-            max_concurrent: self.max_concurrent,
-            role: match self.role {
-                RoleName::Viewer => crate::kql::Role::Viewer,
-                RoleName::Admin => crate::kql::Role::Admin,
-            },
-        })
-    }
-}
-
-/// Keys are stored only as argon2id PHC strings (what `kqlgate key hash` prints).
-fn parse_key_hash(phc: &str) -> Result<PasswordHashString, String> {
-    let parsed = PasswordHash::new(phc).map_err(|e| {
-        format!("not an argon2id PHC string ($argon2id$v=19$m=…,t=…,p=…$salt$hash): {e}")
-    })?;
-    if parsed.algorithm != argon2::Algorithm::Argon2id.ident() {
-        return Err(format!(
-            "algorithm {} is not accepted; use argon2id",
-            parsed.algorithm
-        ));
-    }
-    if parsed.hash.is_none() {
-        return Err("the PHC string has no hash part".into());
-    }
-    argon2::Params::try_from(&parsed).map_err(|e| format!("bad argon2 parameters: {e}"))?;
-    Ok(parsed.serialize())
-}
-
-impl Config {
-    /// The one-screen summary `kqlgate check` prints.
-    pub fn summary(&self) -> String {
-        let mut out = format!(
-            "listen {} ({})\nmax_body_bytes {}\nworkers {}\n",
-            self.server.listen,
-            if self.server.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-            self.server.max_body_bytes,
-            self.server.workers,
-        );
-        match &self.aad {
-            Some(aad) => out.push_str(&format!(
-                "aad: audiences {:?}, {} discovery document(s)\n",
-                aad.audiences,
-                aad.discovery_urls.len()
-            )),
-            None => out.push_str("aad: off (Bearer callers get 401)\n"),
-        }
-        out.push_str(&format!("clusters ({}):\n", self.clusters.len()));
-        for cluster in &self.clusters {
-            let auth = cluster.credential.kind_name();
-            out.push_str(&format!(
-                "  {} {} auth={} timeout={}s enforce_request_properties={} restrict_statement={}\n",
-                cluster.name,
-                cluster.url,
-                auth,
-                cluster.timeout.as_secs(),
-                cluster.enforce_request_properties,
-                cluster.restrict_statement
-            ));
-        }
-        out.push_str(&format!("tenants ({}):\n", self.tenants.len()));
-        const SHOWN: usize = 20;
-        for tenant in self.tenants.iter().take(SHOWN) {
-            let rate = tenant.rate.map_or("unlimited".to_string(), |r| {
-                format!("{}/s burst {}", r.per_second, r.burst)
-            });
-            let concurrency = tenant
-                .max_concurrent
-                .map_or("unlimited".to_string(), |n| n.to_string());
-            out.push_str(&format!(
-                "  {} -> {}/{} role={:?} keys={} aliases={} rate={} concurrent={}\n",
-                tenant.id,
-                self.clusters[tenant.cluster].name,
-                tenant.database,
-                tenant.role,
-                tenant.key_hashes.len(),
-                tenant.database_names.len() - 1,
-                rate,
-                concurrency
-            ));
-        }
-        if self.tenants.len() > SHOWN {
-            out.push_str(&format!("  … and {} more\n", self.tenants.len() - SHOWN));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     // A well-formed argon2id PHC string; these tests parse it but never verify a key against it.
     const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Kq2AXUZo1kV0ZxV6pB0tRyZ8cJeV7oQOGZ4KxZr6m8o";

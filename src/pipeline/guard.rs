@@ -1,357 +1,72 @@
-//! Stage: guard. Applies the tenant-isolation guard (`crate::kql`) to the query text, and fixes
-//! the request properties: the security switches forced to their safe values (when the cluster's
-//! `enforce_request_properties` is on), T-SQL refused, and attribution the tenant cannot forge.
-//! A refusal is a 403 naming the construct and its position; it is logged without the query.
+//! Stage: guard. Applies the tenant-isolation guard (`crate::kql`) to the query text and fixes
+//! the request properties (`services::properties`). A refusal is a 403 naming the construct and
+//! its position; it is logged without the query.
 
 use std::borrow::Cow;
-use std::sync::{LazyLock, OnceLock};
 
-use serde_json::{Map, Value};
-
-use crate::config::Tenant;
 use crate::error::ProxyError;
-use crate::kql::catalogue::{self, Class, Kind, Rule};
-use crate::kql::{self, Role, Scope, TextKind};
-use crate::pipeline::forward::ClusterPolicy;
+use crate::kql::{self, Refusal, Role, Scope, TextKind};
 use crate::pipeline::query::{QueryBody, Rewrite};
 use crate::pipeline::route::Endpoint;
+use crate::services::properties;
+use crate::services::tenants::TenantEntry;
 
-/// The value kqlgate gives an option it sets itself (`rule:forced-option` in the catalogue),
-/// for a tenant and a request that is (or is not) read-only; `None`: not set for this request.
-/// The security switches and the read-only flag only when the cluster enforces them.
-fn forced_value(name: &str, tenant: &Tenant, enforce: bool, read_only: bool) -> Option<Value> {
-    let attribution = || Value::from(format!("kqlgate;tenant={}", tenant.id));
-    match name {
-        "request_description" | "request_app_name" => Some(attribution()),
-        "request_user" => Some(Value::from(tenant.id.clone())),
-        "request_remote_entities_disabled"
-        | "request_callout_disabled"
-        | "request_external_data_disabled"
-        | "request_external_table_disabled"
-        | "request_sandboxed_execution_disabled"
-        | "request_impersonation_disabled" => enforce.then(|| Value::from(true)),
-        "query_language" => enforce.then(|| Value::from("kql")),
-        "request_readonly" => (enforce && read_only).then(|| Value::from(true)),
-        _ => None,
-    }
-}
-
-/// The options the catalogue says kqlgate sets itself, found once.
-fn forced_options() -> impl Iterator<Item = &'static str> {
-    static FORCED: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
-        catalogue::entries()
-            .filter(|e| e.kind == Kind::Option && e.class == Class::Rule(Rule::ForcedOption))
-            .map(|e| e.name)
-            .collect()
-    });
-    FORCED.iter().copied()
-}
-
-pub fn check<'d>(
-    tenant: &Tenant,
-    defaults: &'d DefaultProperties,
-    policy: ClusterPolicy,
+/// The guard's verdict: the rewrite to forward, or the refusal (kept for the audit record).
+pub fn check<'t>(
+    tenant: &'t TenantEntry,
     endpoint: Endpoint,
     query: &QueryBody,
-) -> Result<Rewrite<'d>, ProxyError> {
+) -> Result<Rewrite<'t>, GuardError> {
+    let config = &tenant.config;
     let scope = Scope {
-        database: &tenant.database,
-        database_names: &tenant.database_names,
+        database: &config.database,
+        database_names: &config.database_names,
     };
     // The query endpoints serve only `.show` commands, which the viewer role covers.
     let role = match endpoint {
-        Endpoint::Mgmt => tenant.role,
+        Endpoint::Mgmt => config.role,
         Endpoint::QueryV1 | Endpoint::QueryV2 => Role::Viewer,
     };
     let options = kql::Options {
-        restrict_statement: policy.restrict_statement,
+        restrict_statement: tenant.cluster.config.restrict_statement,
     };
     let verdict = kql::guard(&query.csl, &scope, role, options).map_err(|refusal| {
         tracing::info!(
             target: "kqlgate::guard",
-            tenant = %tenant.id,
+            tenant = %config.id,
             reason = %refusal.reason,
             construct = refusal.label,
             line = refusal.line,
             column = refusal.column,
             "query refused"
         );
-        ProxyError::Forbidden(refusal.to_string())
+        GuardError::Refused(refusal)
     })?;
     let read_only = verdict.kind == TextKind::Query || role == Role::Viewer;
-    let properties = match query.properties_json() {
-        None => Cow::Borrowed(defaults.get(tenant, read_only)),
-        Some(raw) => {
-            let (document, as_string) = parse_properties(raw.get())?;
-            let enforce = policy.enforce_request_properties;
-            Cow::Owned(rewrite(document, as_string, tenant, enforce, read_only)?)
-        }
-    };
+    let raw = query.properties_json().map(|raw| raw.get());
+    let properties: Cow<str> =
+        properties::forwarded(config, &tenant.default_properties, raw, read_only)
+            .map_err(GuardError::Properties)?;
     Ok(Rewrite {
         csl: verdict.rewritten,
         properties_json: Some(properties),
+        read_only,
     })
 }
 
-/// The properties of requests that bring none, which are the same for all of a tenant's
-/// requests: built once, on the tenant's first such request, not per request.
-pub struct DefaultProperties {
-    enforce: bool,
-    read_only: OnceLock<String>,
-    read_write: OnceLock<String>,
+/// Why the guard stopped a request.
+pub enum GuardError {
+    /// The query text reaches outside the tenant.
+    Refused(Refusal),
+    /// The request properties are malformed or set what kqlgate refuses.
+    Properties(ProxyError),
 }
 
-impl DefaultProperties {
-    pub fn new(enforce: bool) -> DefaultProperties {
-        DefaultProperties {
-            enforce,
-            read_only: OnceLock::new(),
-            read_write: OnceLock::new(),
-        }
-    }
-
-    fn get(&self, tenant: &Tenant, read_only: bool) -> &str {
-        let slot = if read_only {
-            &self.read_only
-        } else {
-            &self.read_write
-        };
-        slot.get_or_init(|| {
-            rewrite(Map::new(), false, tenant, self.enforce, read_only)
-                .expect("an empty document has nothing to refuse")
-        })
-    }
-}
-
-fn bad_properties(what: &str) -> ProxyError {
-    ProxyError::BadRequest(format!(
-        "\"properties\" {what}; send an object such as {{\"Options\": {{…}}}}"
-    ))
-}
-
-/// `properties` as an object, and whether it came as a string holding JSON.
-fn parse_properties(raw: &str) -> Result<(Map<String, Value>, bool), ProxyError> {
-    match serde_json::from_str::<Value>(raw) {
-        Ok(Value::Object(map)) => Ok((map, false)),
-        Ok(Value::String(text)) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(map)) => Ok((map, true)),
-            _ => Err(bad_properties(
-                "is a string that does not hold a JSON object",
-            )),
-        },
-        _ => Err(bad_properties("is not an object")),
-    }
-}
-
-/// The request properties to forward, in the form they came in: options the catalogue refuses
-/// are refused, those kqlgate sets itself are replaced by its values, the rest pass unchanged.
-fn rewrite(
-    mut document: Map<String, Value>,
-    as_string: bool,
-    tenant: &Tenant,
-    enforce: bool,
-    read_only: bool,
-) -> Result<String, ProxyError> {
-    let options = match document
-        .entry("Options")
-        .or_insert_with(|| Value::Object(Map::new()))
-    {
-        Value::Object(options) => options,
-        _ => return Err(bad_properties("has \"Options\" that is not an object")),
-    };
-    refuse_tsql(options)?;
-    refuse_options(options)?;
-    // Option names are matched case-insensitively, so no second spelling survives.
-    options.retain(|key, _| !forced_options().any(|name| key.eq_ignore_ascii_case(name)));
-    for name in forced_options() {
-        if let Some(value) = forced_value(name, tenant, enforce, read_only) {
-            options.insert(name.to_owned(), value);
-        }
-    }
-    let object = Value::Object(document).to_string();
-    Ok(if as_string {
-        Value::from(object).to_string()
-    } else {
-        object
-    })
-}
-
-/// Request options the catalogue refuses (row-level security switches, sandbox debugging…).
-/// Options it does not know pass: SDKs send framing options of their own.
-fn refuse_options(options: &Map<String, Value>) -> Result<(), ProxyError> {
-    for key in options.keys() {
-        if let Some(entry) = catalogue::lookup(Kind::Option, key) {
-            if matches!(entry.class, Class::Refuse(_)) {
-                return Err(ProxyError::Forbidden(format!(
-                    "the request option {key} {}",
-                    entry.reason
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `query_language` other than KQL makes Kusto read the text as T-SQL, which the guard cannot.
-fn refuse_tsql(options: &Map<String, Value>) -> Result<(), ProxyError> {
-    for (key, value) in options {
-        if !key.eq_ignore_ascii_case("query_language") {
-            continue;
-        }
-        let kql = value
-            .as_str()
-            .is_some_and(|v| v.eq_ignore_ascii_case("kql") || v.eq_ignore_ascii_case("csl"));
-        if !kql {
-            return Err(ProxyError::Forbidden(
-                "query_language other than KQL (T-SQL) is not accepted; send KQL".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant::example()
-    }
-
-    fn policy(enforce: bool) -> ClusterPolicy {
-        ClusterPolicy {
-            enforce_request_properties: enforce,
-            restrict_statement: false,
-        }
-    }
-
-    fn forwarded(body: &str, enforce: bool, endpoint: Endpoint) -> Result<Value, ProxyError> {
-        let query = QueryBody::parse(body.as_bytes()).unwrap();
-        let defaults = DefaultProperties::new(enforce);
-        let rewrite = check(&tenant(), &defaults, policy(enforce), endpoint, &query)?;
-        let bytes = query.forwarded("g", &rewrite);
-        Ok(serde_json::from_slice(&bytes).unwrap())
-    }
-
-    #[test]
-    fn every_forced_option_of_the_catalogue_has_a_value() {
-        let tenant = tenant();
-        let mut forced: Vec<_> = forced_options().collect();
-        assert!(forced.len() >= 11, "{forced:?}");
-        forced.retain(|name| forced_value(name, &tenant, true, true).is_none());
-        assert!(forced.is_empty(), "no value for {forced:?}");
-        assert_eq!(forced_value("servertimeout", &tenant, true, true), None);
-    }
-
-    #[test]
-    fn options_the_catalogue_refuses_are_refused() {
-        let body =
-            r#"{"csl":"T","properties":{"Options":{"query_force_row_level_security":false}}}"#;
-        match forwarded(body, true, Endpoint::QueryV2) {
-            Err(ProxyError::Forbidden(message)) => {
-                assert!(message.contains("row-level security"), "{message}")
-            }
-            other => panic!("{other:?}"),
-        }
-        // Unknown options pass: SDKs send framing options of their own.
-        let body = r#"{"csl":"T","properties":{"Options":{"results_v2_newlines_between_frames":true,"some_sdk_option":1}}}"#;
-        let sent = forwarded(body, true, Endpoint::QueryV2).unwrap();
-        assert_eq!(sent["properties"]["Options"]["some_sdk_option"], 1);
-    }
-
-    #[test]
-    fn security_options_are_forced_whatever_the_client_sent() {
-        let body = r#"{"csl":"T","properties":{"Options":{"request_readonly":false,"REQUEST_CALLOUT_DISABLED":false,"servertimeout":"00:01:00"}}}"#;
-        let sent = forwarded(body, true, Endpoint::QueryV2).unwrap();
-        let options = &sent["properties"]["Options"];
-        assert_eq!(options["request_readonly"], true);
-        assert_eq!(options["request_callout_disabled"], true);
-        assert!(options.get("REQUEST_CALLOUT_DISABLED").is_none());
-        assert_eq!(options["request_remote_entities_disabled"], true);
-        assert_eq!(options["request_impersonation_disabled"], true);
-        assert_eq!(options["query_language"], "kql");
-        assert_eq!(
-            options["servertimeout"], "00:01:00",
-            "other options are kept"
-        );
-    }
-
-    #[test]
-    fn string_properties_stay_a_string() {
-        let body = r#"{"csl":"T","properties":"{\"Options\":{\"request_description\":\"fabrikam\"},\"Parameters\":{}}"}"#;
-        let sent = forwarded(body, true, Endpoint::QueryV2).unwrap();
-        let inner: Value = serde_json::from_str(sent["properties"].as_str().unwrap()).unwrap();
-        assert_eq!(
-            inner["Options"]["request_description"],
-            "kqlgate;tenant=contoso"
-        );
-        assert_eq!(
-            inner["Options"]["request_app_name"],
-            "kqlgate;tenant=contoso"
-        );
-        assert_eq!(inner["Options"]["request_user"], "contoso");
-        assert_eq!(inner["Parameters"], serde_json::json!({}));
-    }
-
-    #[test]
-    fn attribution_is_added_even_without_enforcement() {
-        let sent = forwarded(r#"{"csl":"T"}"#, false, Endpoint::QueryV1).unwrap();
-        let options = &sent["properties"]["Options"];
-        assert_eq!(options["request_description"], "kqlgate;tenant=contoso");
-        assert!(options.get("request_readonly").is_none());
-        // Without enforcement the client's own values of the forced options are dropped.
-        let body = r#"{"csl":"T","properties":{"Options":{"request_callout_disabled":false}}}"#;
-        let sent = forwarded(body, false, Endpoint::QueryV1).unwrap();
-        assert!(sent["properties"]["Options"]
-            .get("request_callout_disabled")
-            .is_none());
-    }
-
-    #[test]
-    fn admins_commands_are_not_forced_read_only() {
-        let mut admin = tenant();
-        admin.role = Role::Admin;
-        let query = QueryBody::parse(br#"{"csl":".create table T (a:string)"}"#).unwrap();
-        let defaults = DefaultProperties::new(true);
-        let rewrite = check(&admin, &defaults, policy(true), Endpoint::Mgmt, &query).unwrap();
-        let sent: Value =
-            serde_json::from_str(rewrite.properties_json.as_deref().unwrap()).unwrap();
-        assert!(sent["Options"].get("request_readonly").is_none());
-        // The same command on a query endpoint is a viewer's, and refused.
-        assert!(check(&admin, &defaults, policy(true), Endpoint::QueryV1, &query).is_err());
-    }
-
-    #[test]
-    fn tsql_and_bad_properties_are_refused() {
-        for language in ["sql", "SQL", "tsql"] {
-            let body = format!(
-                r#"{{"csl":"select 1","properties":{{"Options":{{"query_language":"{language}"}}}}}}"#
-            );
-            assert!(matches!(
-                forwarded(&body, false, Endpoint::QueryV1),
-                Err(ProxyError::Forbidden(_))
-            ));
-        }
-        for body in [
-            r#"{"csl":"T","properties":"not json"}"#,
-            r#"{"csl":"T","properties":"[1]"}"#,
-            r#"{"csl":"T","properties":{"Options":[]}}"#,
-        ] {
-            assert!(matches!(
-                forwarded(body, true, Endpoint::QueryV1),
-                Err(ProxyError::BadRequest(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn refusals_are_403_with_the_construct_and_position() {
-        match forwarded(r#"{"csl":"database('other').T"}"#, true, Endpoint::QueryV2) {
-            Err(ProxyError::Forbidden(message)) => assert_eq!(
-                message,
-                "database(\"other\") names a database outside this tenant at 1:1"
-            ),
-            other => panic!("{other:?}"),
+impl From<GuardError> for ProxyError {
+    fn from(error: GuardError) -> ProxyError {
+        match error {
+            GuardError::Refused(refusal) => ProxyError::Forbidden(refusal.to_string()),
+            GuardError::Properties(error) => error,
         }
     }
 }

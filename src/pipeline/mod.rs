@@ -1,19 +1,20 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
 //!
 //! ```text
-//! route → authenticate → admit (limits) → read body → read query → resolve database
-//!       → guard → forward → respond (stream back)               … then one access-log line
+//! route → authenticate → admit (rate) → read body → read query → resolve database → guard
+//!       → admit (in flight) → cluster credential → forward → respond     … then one log line
 //! ```
 //!
 //! [`handle`] is the outer shell: it starts the access-log record, runs [`handle_inner`], and is
-//! the one place where a [`ProxyError`] becomes a response. `handle_inner` reads like the chart
-//! above: one line per stage, each ending in `?`.
+//! the one place where a [`ProxyError`] becomes a response (and an internal error is logged).
+//! `handle_inner` reads like the chart above: one line per stage, each ending in `?`. The
+//! long-lived services the stages call (authenticator, limiter state, pools, identities) are in
+//! `crate::services`; a request loads one snapshot of the tenant table and keeps it to its end.
 
-pub mod authenticate;
+pub mod admit;
 pub mod body;
 pub mod forward;
 pub mod guard;
-pub mod limit;
 pub mod query;
 pub mod respond;
 pub mod route;
@@ -37,37 +38,52 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: streamed from the cluster, or a small JSON document of our own.
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
+/// Answers one request; `worker` is the event loop it runs on (it picks the upstream pool).
 pub async fn handle<B>(
     gateway: &Gateway,
     request: Request<B>,
     client: SocketAddr,
+    worker: usize,
 ) -> Response<ProxyBody>
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let mut log = AccessLog::start(&request);
-    let response = match handle_inner(gateway, request, client, &mut log).await {
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    let response = match handle_inner(gateway, &parts, &mut body, client, worker, &mut log).await {
         Ok(response) => response,
         Err(error) => {
+            if let ProxyError::Internal(cause) = &error {
+                tracing::error!(client_request_id = %log.client_request_id, %cause, "internal error");
+            }
             log.error_code = Some(error.code());
-            error.into_response(&log.client_request_id).map(full_body)
+            let mut response = error.into_response(&log.client_request_id).map(full_body);
+            if let Some(unread) = body {
+                keep_connection_usable(&parts, unread, &mut response).await;
+            }
+            response
         }
     };
     log.attach(response)
 }
 
+/// `parts` and `body` are the request's; the body is taken when it is read, so what is left
+/// after an error is a body nobody read.
 async fn handle_inner<B>(
     gateway: &Gateway,
-    request: Request<B>,
+    parts: &http::request::Parts,
+    body: &mut Option<B>,
     client: SocketAddr,
+    worker: usize,
     log: &mut AccessLog,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    B: Body,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let endpoint = match route::classify(request.method(), request.uri().path())? {
+    let endpoint = match route::classify(&parts.method, parts.uri.path())? {
         Route::Health => return Ok(status_document(StatusCode::OK, "alive")),
         Route::Ready if gateway.draining.load(Ordering::Relaxed) => {
             return Ok(status_document(StatusCode::SERVICE_UNAVAILABLE, "draining"))
@@ -76,41 +92,91 @@ where
         Route::AuthMetadata => return auth_metadata(gateway),
         Route::Kusto(endpoint) => endpoint,
     };
-    let tenant = gateway.authenticate(request.headers(), client.ip()).await?;
+    if let Some(shed) = gateway.load.shed() {
+        return Err(ProxyError::Overloaded {
+            reason: shed.name(),
+        });
+    }
+    log.hold_counted(gateway.load.request());
+    let snapshot = gateway.snapshot();
+    let caller = gateway
+        .authenticator
+        .authenticate(&snapshot, &parts.headers, client.ip())
+        .await?;
+    let tenant = caller.tenant;
     log.tenant = Some(tenant.config.id.clone());
-    log.hold(tenant.limits.admit()?);
+    admit::rate(&gateway.limits, &tenant)?;
+    admit::room(&gateway.limits, &tenant)?;
 
-    let (parts, body) = request.into_parts();
-    let body = body::read(body, &parts.headers, gateway.server.max_body_bytes).await?;
+    let unread = body
+        .take()
+        .ok_or_else(|| ProxyError::internal("the body was taken twice"))?;
+    let body = body::read(unread, &parts.headers, &snapshot.server).await?;
     let query = query::QueryBody::parse(&body)?;
     let database = tenant::resolve_database(&tenant.config, query.db.as_deref())?;
     log.database = Some(database.to_owned());
-    let upstream = gateway.upstream_for(tenant);
-    let rewrite = guard::check(
-        &tenant.config,
-        &tenant.default_properties,
-        upstream.policy,
-        endpoint,
-        &query,
-    )?;
+    let rewrite = guard::check(&tenant, endpoint, &query)?;
+    log.hold(admit::slot(&tenant)?);
     let authorization = tenant.credential.authorization().await?;
 
-    let answer = upstream
-        .send(
-            endpoint,
-            &parts.headers,
-            query.forwarded(database, &rewrite),
-            &tenant.config.id,
-            &log.client_request_id,
-            authorization,
-        )
-        .await?;
+    let upstream = &tenant.cluster.upstream;
+    let outgoing = forward::Outgoing {
+        endpoint,
+        client_headers: &parts.headers,
+        body: query.forwarded(database, &rewrite),
+        tenant_id: &tenant.config.id,
+        request_id: &log.client_request_id,
+        authorization,
+        read_only: rewrite.read_only,
+    };
+    let answer = forward::send(upstream, upstream.pool(worker), &outgoing).await?;
     log.upstream_status = Some(answer.status().as_u16());
     Ok(respond::stream_back(
         answer,
         respond::accepts_gzip(&parts.headers),
         &log.client_request_id,
     ))
+}
+
+/// Bytes of an unread HTTP/1 body read and dropped after an early refusal, at most…
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// …and for at most this long.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After a refusal sent before the request body was read (401, 429, 413…), an HTTP/1 client
+/// that is still sending that body cannot use the connection for its next request. A small
+/// remainder is read and dropped so it can; a larger or slower one gets `Connection: close`, so
+/// the client reads its answer and opens a new connection instead of finding this one broken.
+/// (HTTP/2 ends just the stream.)
+async fn keep_connection_usable<B>(
+    parts: &http::request::Parts,
+    body: B,
+    response: &mut Response<ProxyBody>,
+) where
+    B: Body<Data = Bytes>,
+{
+    if parts.version >= http::Version::HTTP_2 {
+        return;
+    }
+    let mut body = std::pin::pin!(body);
+    let mut drained = 0usize;
+    let finished = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            drained += frame.data_ref().map_or(0, |d| d.len());
+            if drained > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if !finished {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// Without `[aad]` this is a 404, which the SDKs read as "use the public-cloud defaults".

@@ -105,11 +105,13 @@ impl QueryBody {
     }
 }
 
-/// What the guard changed: replacement query text and properties (serialized JSON).
+/// What the guard changed: replacement query text and properties (serialized JSON), and
+/// whether the request can only read.
 #[derive(Debug, Default)]
 pub struct Rewrite<'a> {
     pub csl: Option<String>,
     pub properties_json: Option<std::borrow::Cow<'a, str>>,
+    pub read_only: bool,
 }
 
 fn bad(message: String) -> ProxyError {
@@ -190,6 +192,7 @@ mod tests {
         let rewrite = Rewrite {
             csl: Some("database(\"g\").T".into()),
             properties_json: Some(r#"{"b":2}"#.into()),
+            read_only: true,
         };
         assert_eq!(
             body.forwarded("g", &rewrite),

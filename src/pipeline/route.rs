@@ -3,6 +3,7 @@
 
 use http::Method;
 
+pub use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,24 +13,6 @@ pub enum Route {
     /// `GET /v1/rest/auth/metadata`: what SDKs fetch before they sign in.
     AuthMetadata,
     Kusto(Endpoint),
-}
-
-/// The Kusto REST endpoints kqlgate forwards. The discriminant indexes per-endpoint tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    QueryV1 = 0,
-    QueryV2 = 1,
-    Mgmt = 2,
-}
-
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::QueryV1 => "/v1/rest/query",
-            Endpoint::QueryV2 => "/v2/rest/query",
-            Endpoint::Mgmt => "/v1/rest/mgmt",
-        }
-    }
 }
 
 pub fn classify(method: &Method, path: &str) -> Result<Route, ProxyError> {

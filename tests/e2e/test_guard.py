@@ -165,7 +165,7 @@ UNDEMONSTRABLE = [
                          "database('x').StormEvents | project Reporter",
        "alias database is not allowed: it names another database or cluster", "alias"),
     _q("own-restrict", f"restrict access to (database('{F}').*); database('{F}').StormEvents",
-       "restrict access is applied by kqlgate, not by queries", "restrict"),
+       f'database("{F}") {OUTSIDE}', "database("),
     _q("second-statement", f"print 1; database('{F}').StormEvents | project Reporter",
        f'database("{F}") {OUTSIDE}', "database("),
     _q("set-remote-entities", f"set request_remote_entities_disabled = false; "

@@ -1,5 +1,6 @@
-//! Bearer callers: AAD access tokens, validated against the signing keys their issuer publishes,
-//! and mapped to a kqlgate tenant through the tenants' `aad_principals`.
+//! Bearer callers: AAD access tokens, validated against the signing keys their issuer publishes.
+//! The snapshot of the tenant table maps a valid token's principal to a tenant
+//! (`Snapshot::tenant_for_claims`).
 //!
 //! - Discovery documents are followed as published: their `issuer` and `jwks_uri` are used, not
 //!   rebuilt from a URL template. Keys are refreshed on schedule, and again when a token names an
@@ -9,7 +10,6 @@
 //!   HMAC with the public key as secret, or an algorithm that does not fit the key are refused.
 //! - `aud` must be one of kqlgate's audiences, `iss` one of the allowed issuers, `exp`/`nbf`
 //!   hold within the leeway, and (when `[aad] tenants` is set) `tid` must be listed.
-//! - The most specific principal wins: `oid:`, then `app:` (`appid` or `azp`), then `tid:`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::config::credential::check_login_url;
-use crate::config::{AadSettings, Principal, Tenant};
+use crate::config::AadSettings;
 
 /// Why a token was refused: for the operator's debug log, never for the caller.
 pub type Refusal = &'static str;
@@ -39,7 +39,6 @@ const ACCEPTED_ALGORITHMS: [Algorithm; 8] = [
 pub struct AadValidator {
     settings: AadSettings,
     http: reqwest::Client,
-    principals: HashMap<Principal, usize>,
     keys: RwLock<HashMap<String, SigningKey>>,
     /// When keys were last fetched because of an unknown `kid`; also makes such fetches single.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -60,29 +59,24 @@ struct Discovery {
     jwks_uri: String,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    tid: Option<String>,
-    oid: Option<String>,
-    appid: Option<String>,
-    azp: Option<String>,
+/// What a valid token says about its caller.
+#[derive(Debug, Deserialize)]
+pub struct TokenClaims {
+    pub tid: Option<String>,
+    pub oid: Option<String>,
+    pub appid: Option<String>,
+    pub azp: Option<String>,
 }
 
 impl AadValidator {
     /// Starts the key refresh in the background; must run inside the Tokio runtime.
-    pub fn start(settings: AadSettings, tenants: &[Tenant]) -> anyhow::Result<Arc<AadValidator>> {
-        let principals = tenants
-            .iter()
-            .enumerate()
-            .flat_map(|(index, t)| t.aad_principals.iter().map(move |p| (p.clone(), index)))
-            .collect();
+    pub fn start(settings: AadSettings) -> anyhow::Result<Arc<AadValidator>> {
         let validator = Arc::new(AadValidator {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             settings,
-            principals,
             keys: RwLock::new(HashMap::new()),
             last_refetch: tokio::sync::Mutex::new(None),
         });
@@ -90,8 +84,8 @@ impl AadValidator {
         Ok(validator)
     }
 
-    /// The tenant a valid token maps to.
-    pub async fn validate(&self, token: &str) -> Result<usize, Refusal> {
+    /// The claims of a valid token.
+    pub async fn validate(&self, token: &str) -> Result<TokenClaims, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT")?;
         if !ACCEPTED_ALGORITHMS.contains(&header.alg) {
             return Err("signature algorithm not accepted");
@@ -113,18 +107,12 @@ impl AadValidator {
             validation.set_required_spec_claims(&["exp", "iss", "aud"]);
             validation.leeway = self.settings.leeway.as_secs();
             validation.validate_nbf = true;
-            jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            jsonwebtoken::decode::<TokenClaims>(token, &key.key, &validation)
                 .map_err(|_| "signature, audience, issuer or lifetime invalid")?
                 .claims
         };
-        self.principal_of(&claims)
-    }
-
-    fn principal_of(&self, claims: &Claims) -> Result<usize, Refusal> {
-        let lower = |v: &Option<String>| v.as_deref().map(str::to_ascii_lowercase);
-        let tid = lower(&claims.tid);
         if !self.settings.tenants.is_empty() {
-            let listed = tid.as_deref().is_some_and(|tid| {
+            let listed = claims.tid.as_deref().is_some_and(|tid| {
                 self.settings
                     .tenants
                     .iter()
@@ -134,18 +122,7 @@ impl AadValidator {
                 return Err("tenant not allowed");
             }
         }
-        let candidates = [
-            lower(&claims.oid).map(Principal::Object),
-            lower(&claims.appid)
-                .or(lower(&claims.azp))
-                .map(Principal::App),
-            tid.map(Principal::Tenant),
-        ];
-        candidates
-            .into_iter()
-            .flatten()
-            .find_map(|principal| self.principals.get(&principal).copied())
-            .ok_or("principal maps to no tenant")
+        Ok(claims)
     }
 
     fn has_key(&self, kid: &str) -> bool {
@@ -245,7 +222,7 @@ impl AadValidator {
             .get(url)
             .send()
             .await
-            .map_err(|e| crate::pipeline::forward::error_chain(&e))?;
+            .map_err(|e| crate::error::error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("{url} answered {}", response.status()));
         }

@@ -64,6 +64,12 @@ impl Identities {
         })
     }
 
+    /// Lets go of identities no credential uses any more (their refresh task then ends).
+    pub fn forget_unused(&mut self) {
+        self.providers
+            .retain(|_, provider| Arc::strong_count(provider) > 1);
+    }
+
     /// Must run inside the Tokio runtime: AAD identities start their refresh task here.
     pub fn credential(&mut self, upstream: &UpstreamCredential) -> anyhow::Result<Credential> {
         Ok(match upstream {
@@ -197,12 +203,10 @@ impl TokenProvider {
                     .header("Metadata", "true")
             }
         };
-        let response = request.send().await.map_err(|e| {
-            format!(
-                "token request failed: {}",
-                crate::pipeline::forward::error_chain(&e)
-            )
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("token request failed: {}", crate::error::error_chain(&e)))?;
         let status = response.status();
         let body: TokenResponse = response.json().await.map_err(|e| {
             format!("token endpoint answered {status} with an unreadable body: {e}")

@@ -1,0 +1,22 @@
+//! The long-lived services the pipeline's stages call, each built once and shared by every
+//! request (or, for the tenant table, swapped whole on reload):
+//!
+//! | module | owns |
+//! |---|---|
+//! | `tenants` | the [`tenants::Snapshot`] of tenants and clusters a request sees from start to end |
+//! | `auth` | Basic and Bearer callers → tenant; the verified-key cache and sign-in budgets |
+//! | `aad` | AAD token validation against the issuers' signing keys |
+//! | `limits` | rate and in-flight state per tenant id, surviving reloads; keyed budgets |
+//! | `load` | connections, requests in flight, memory: when to shed load |
+//! | `upstream` | a cluster's connection pools, one per worker |
+//! | `identity` | kqlgate's own credentials at the clusters, tokens refreshed in the background |
+//! | `properties` | the request properties forwarded: forced, refused, passed |
+
+pub mod aad;
+pub mod auth;
+pub mod identity;
+pub mod limits;
+pub mod load;
+pub mod properties;
+pub mod tenants;
+pub mod upstream;
