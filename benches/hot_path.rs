@@ -160,7 +160,11 @@ fn gzip_request_body(c: &mut Criterion) {
                     min_bytes_per_second: 1024,
                 };
                 runtime
-                    .block_on(body::read(request_body, &headers, limits))
+                    .block_on(body::read(
+                        request_body,
+                        body::precheck(&headers, limits).unwrap(),
+                        limits,
+                    ))
                     .unwrap()
             },
             BatchSize::SmallInput,

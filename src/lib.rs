@@ -73,6 +73,17 @@ pub async fn run(
     // A std listener: each worker registers its own copy with its own event loop.
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("cannot listen on {address}"))?;
+    run_on(listener, config, options, shutdown).await
+}
+
+/// Serves on `listener` (bound by the caller; `[server] listen` is not used) until `shutdown`
+/// resolves. Tests run the server in-process this way.
+pub async fn run_on(
+    listener: std::net::TcpListener,
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let tls = tls_files(&config);
     let open_files = services::load::raise_open_file_limit();
     let gateway = Arc::new(gateway::Gateway::new(config, options.clock, open_files)?);

@@ -298,6 +298,9 @@ impl Worker {
                 }
                 reason = activity.expired(settings), if close_by.is_none() => {
                     tracing::debug!(%client, reason, "closing connection");
+                    if !activity.served.load(Ordering::Relaxed) {
+                        return; // nothing was ever asked on it: nothing to finish politely
+                    }
                     connection.as_mut().graceful_shutdown();
                     close_by = Some(Instant::now() + CLOSE_GRACE);
                 }

@@ -42,15 +42,12 @@ impl From<&ServerSettings> for BodyLimits {
     }
 }
 
-pub async fn read<B>(
-    body: B,
+/// What the headers say about the body, checked before any of it is read: its declared size,
+/// its transfer coding, its content encoding.
+pub fn precheck(
     headers: &HeaderMap,
     limits: impl Into<BodyLimits>,
-) -> Result<Bytes, ProxyError>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<Encoding, ProxyError> {
     let limits = limits.into();
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -62,7 +59,20 @@ where
         });
     }
     refuse_transfer_codings(headers)?;
-    let encoding = content_encoding(headers)?;
+    content_encoding(headers)
+}
+
+/// The body, read within its limits and decoded as [`precheck`] found it encoded.
+pub async fn read<B>(
+    body: B,
+    encoding: Encoding,
+    limits: impl Into<BodyLimits>,
+) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limits = limits.into();
     let raw = collect(body, limits).await?;
     decode(raw, encoding, limits.max_bytes)
 }
@@ -154,7 +164,7 @@ fn refuse_transfer_codings(headers: &HeaderMap) -> Result<(), ProxyError> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub enum Encoding {
     Identity,
     Gzip,
     Deflate,
@@ -263,7 +273,20 @@ mod tests {
             Some(e) => headers(&[("content-encoding", e)]),
             None => HeaderMap::new(),
         };
-        read(Full::new(Bytes::from(body)), &headers, limits(limit)).await
+        read_all(Full::new(Bytes::from(body)), &headers, limits(limit)).await
+    }
+
+    async fn read_all<B>(
+        body: B,
+        headers: &HeaderMap,
+        limits: BodyLimits,
+    ) -> Result<Bytes, ProxyError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let encoding = precheck(headers, limits)?;
+        read(body, encoding, limits).await
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -299,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn declared_length_over_the_limit_is_refused_unread() {
         let h = headers(&[("content-length", "1000000")]);
-        let result = read(Full::new(Bytes::from_static(b"{}")), &h, limits(100)).await;
+        let result = read_all(Full::new(Bytes::from_static(b"{}")), &h, limits(100)).await;
         assert!(matches!(result, Err(ProxyError::PayloadTooLarge { .. })));
     }
 
@@ -386,7 +409,7 @@ mod tests {
             Err(ProxyError::BadRequest(_))
         ));
         let twice = headers(&[("content-encoding", "gzip"), ("content-encoding", "gzip")]);
-        let result = read(Full::new(Bytes::from(gzip(b"{}"))), &twice, limits(1000)).await;
+        let result = read_all(Full::new(Bytes::from(gzip(b"{}"))), &twice, limits(1000)).await;
         assert!(matches!(result, Err(ProxyError::BadRequest(_))));
     }
 
@@ -394,11 +417,11 @@ mod tests {
     async fn transfer_codings_other_than_chunked_are_refused() {
         for value in ["gzip, chunked", "deflate", "chunked, chunked, x"] {
             let h = headers(&[("transfer-encoding", value)]);
-            let result = read(Full::new(Bytes::from_static(b"{}")), &h, limits(100)).await;
+            let result = read_all(Full::new(Bytes::from_static(b"{}")), &h, limits(100)).await;
             assert!(matches!(result, Err(ProxyError::BadRequest(_))), "{value}");
         }
         let h = headers(&[("transfer-encoding", "chunked")]);
-        read(Full::new(Bytes::from_static(b"{}")), &h, limits(100))
+        read_all(Full::new(Bytes::from_static(b"{}")), &h, limits(100))
             .await
             .unwrap();
     }
@@ -415,7 +438,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_ends_after_a_second_below_the_minimum_rate() {
         let started = Instant::now();
-        let result = read(stalled(), &HeaderMap::new(), limits(1000)).await;
+        let result = read_all(stalled(), &HeaderMap::new(), limits(1000)).await;
         assert!(
             matches!(result, Err(ProxyError::RequestTimeout(_))),
             "{result:?}"
@@ -433,7 +456,7 @@ mod tests {
         let mut slow = limits(1000);
         slow.min_bytes_per_second = 0;
         slow.timeout = Duration::from_secs(7);
-        let result = read(stalled(), &HeaderMap::new(), slow).await;
+        let result = read_all(stalled(), &HeaderMap::new(), slow).await;
         assert!(matches!(result, Err(ProxyError::RequestTimeout(m)) if m.contains("within 7 s")));
         assert!(started.elapsed() >= Duration::from_secs(7));
     }

@@ -119,16 +119,26 @@ fn request(upstream: &Upstream, outgoing: &Outgoing) -> Result<Request<Full<Byte
     Ok(request)
 }
 
-/// The connection ended before any byte of an answer: hyper saw the request cancelled, or the
-/// message end before a status line. A failure to connect is not this (nothing was sent).
+/// The connection was closed under the request before any byte of an answer (`send` returns
+/// at the answer's head, so every error here is before it): hyper saw the request cancelled or
+/// the message end, or the socket was reset. A failure to connect is not this.
 fn answer_never_began(error: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     if error.is_connect() {
         return false;
     }
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            return hyper.is_incomplete_message() || hyper.is_canceled();
+            if hyper.is_incomplete_message() || hyper.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+            );
         }
         source = cause.source();
     }

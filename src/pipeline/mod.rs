@@ -60,8 +60,20 @@ where
             }
             log.error_code = Some(error.code());
             let mut response = error.into_response(&log.client_request_id).map(full_body);
-            if let Some(unread) = body {
-                keep_connection_usable(&parts, unread, &mut response).await;
+            match body {
+                Some(unread) => keep_connection_usable(&parts, unread, &mut response).await,
+                // Refused part-way through the body: what is left of it would be read as the
+                // next request.
+                None if matches!(
+                    error,
+                    ProxyError::PayloadTooLarge { .. } | ProxyError::RequestTimeout(_)
+                ) && parts.version < http::Version::HTTP_2 =>
+                {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                None => {}
             }
             response
         }
@@ -108,10 +120,11 @@ where
     admit::rate(&gateway.limits, &tenant)?;
     admit::room(&gateway.limits, &tenant)?;
 
+    let encoding = body::precheck(&parts.headers, &snapshot.server)?;
     let unread = body
         .take()
         .ok_or_else(|| ProxyError::internal("the body was taken twice"))?;
-    let body = body::read(unread, &parts.headers, &snapshot.server).await?;
+    let body = body::read(unread, encoding, &snapshot.server).await?;
     let query = query::QueryBody::parse(&body)?;
     let database = tenant::resolve_database(&tenant.config, query.db.as_deref())?;
     log.database = Some(database.to_owned());

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,23 +16,53 @@ use crate::config::RateLimit;
 
 /// The generic cell rate algorithm: the bucket is the theoretical arrival time (TAT) of the
 /// next request, in nanoseconds of the clock; one request moves it one emission interval on.
+/// The interval the TAT was counted in is kept beside it, so a changed rate rescales what is
+/// not yet refilled: the bucket keeps its fill level, and the new rate applies from now on.
 #[derive(Default)]
 pub struct Gcra {
-    tat: AtomicU64,
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Bucket {
+    tat: u64,
+    /// 0: never used.
+    interval: u64,
 }
 
 /// `Err(wait)`: refused, and how long until a token is back.
 pub type Decision = Result<(), Duration>;
 
-/// The new TAT when a request at `now` is allowed, or how long it has to wait.
-fn decide(tat: u64, now: u64, rate: RateLimit) -> Result<u64, Duration> {
-    let interval = ((1e9 / rate.per_second) as u64).max(1);
+fn interval(rate: RateLimit) -> u64 {
+    ((1e9 / rate.per_second) as u64).max(1)
+}
+
+/// The bucket counted in `rate`'s interval from `now` on: what was not yet refilled is
+/// rescaled from the interval it was counted in.
+fn rescale(bucket: Bucket, now: u64, rate: RateLimit) -> Bucket {
+    let interval = interval(rate);
+    if bucket.interval == 0 || bucket.interval == interval || bucket.tat <= now {
+        return Bucket { interval, ..bucket };
+    }
+    let debt = u128::from(bucket.tat - now) * u128::from(interval) / u128::from(bucket.interval);
+    Bucket {
+        tat: now.saturating_add(u64::try_from(debt).unwrap_or(u64::MAX)),
+        interval,
+    }
+}
+
+/// The bucket after a request at `now` is allowed, or how long it has to wait.
+fn decide(bucket: Bucket, now: u64, rate: RateLimit) -> Result<Bucket, Duration> {
+    let Bucket { tat, interval } = rescale(bucket, now, rate);
     let tolerance = interval.saturating_mul(u64::from(rate.burst));
     let next = tat.max(now).saturating_add(interval);
     if next - now > tolerance {
         Err(Duration::from_nanos(next - now - tolerance))
     } else {
-        Ok(next)
+        Ok(Bucket {
+            tat: next,
+            interval,
+        })
     }
 }
 
@@ -40,27 +70,17 @@ impl Gcra {
     /// Takes one token at `now`.
     pub fn take(&self, now: Duration, rate: RateLimit) -> Decision {
         let now = now.as_nanos() as u64;
-        let mut tat = self.tat.load(Ordering::Relaxed);
-        loop {
-            let next = decide(tat, now, rate)?;
-            match self
-                .tat
-                .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return Ok(()),
-                Err(current) => tat = current,
-            }
-        }
+        let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        // The rescale stands whatever the decision: it belongs to the moment the rate changed.
+        *bucket = rescale(*bucket, now, rate);
+        *bucket = decide(*bucket, now, rate)?;
+        Ok(())
     }
 
     /// Whether a token is left at `now`, without taking it.
     pub fn peek(&self, now: Duration, rate: RateLimit) -> Decision {
-        decide(
-            self.tat.load(Ordering::Relaxed),
-            now.as_nanos() as u64,
-            rate,
-        )
-        .map(|_| ())
+        let bucket = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        decide(bucket, now.as_nanos() as u64, rate).map(|_| ())
     }
 }
 
@@ -159,8 +179,11 @@ impl<K: Hash + Eq + Copy> KeyedBudgets<K> {
 
     pub fn peek(&self, key: K, now: Duration) -> Decision {
         let tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = tats.get(&key).copied().unwrap_or(0);
-        decide(tat, now.as_nanos() as u64, self.rate).map(|_| ())
+        let bucket = Bucket {
+            tat: tats.get(&key).copied().unwrap_or(0),
+            interval: interval(self.rate),
+        };
+        decide(bucket, now.as_nanos() as u64, self.rate).map(|_| ())
     }
 
     /// Spends one unit, whether or not any was left (a failure happened either way).
@@ -168,8 +191,7 @@ impl<K: Hash + Eq + Copy> KeyedBudgets<K> {
         let now = now.as_nanos() as u64;
         let mut tats = self.tats.lock().unwrap_or_else(|e| e.into_inner());
         let tat = tats.entry(key).or_insert(0);
-        let interval = ((1e9 / self.rate.per_second) as u64).max(1);
-        *tat = (*tat).max(now).saturating_add(interval);
+        *tat = (*tat).max(now).saturating_add(interval(self.rate));
     }
 
     pub fn prune(&self, now: Duration) {
@@ -211,10 +233,21 @@ mod tests {
             bucket.take(t0, rate(1.0, 5)).unwrap();
         }
         // Faster refill from now on, but the spent burst stays spent.
-        assert!(bucket.take(t0, rate(100.0, 5)).is_err());
+        assert_eq!(
+            bucket.take(t0, rate(100.0, 5)),
+            Err(Duration::from_millis(10))
+        );
         bucket
-            .take(t0 + Duration::from_millis(4_990), rate(100.0, 5))
+            .take(t0 + Duration::from_millis(10), rate(100.0, 5))
             .unwrap();
+        assert!(bucket
+            .take(t0 + Duration::from_millis(10), rate(100.0, 5))
+            .is_err());
+        // And slower: what is left to refill takes ten times as long.
+        assert_eq!(
+            bucket.take(t0 + Duration::from_millis(10), rate(10.0, 5)),
+            Err(Duration::from_millis(100))
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod fake_aad;
+pub mod inprocess;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -131,6 +132,15 @@ impl Kqlgate {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Kqlgate {
+        Kqlgate::start_with(config, env, None)
+    }
+
+    /// Starts the binary with the open-file limit (soft and hard) set to `open_files`.
+    pub fn start_with_file_limit(config: &str, open_files: u64) -> Kqlgate {
+        Kqlgate::start_with(config, &[], Some(open_files))
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)], open_files: Option<u64>) -> Kqlgate {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kqlgate.toml");
         std::fs::write(&path, config).unwrap();
@@ -144,6 +154,22 @@ impl Kqlgate {
             .stderr(Stdio::piped());
         for (name, value) in env {
             command.env(name, value);
+        }
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().expect("kqlgate binary starts");
         let stderr = child.stderr.take().unwrap();
@@ -213,6 +239,22 @@ impl Kqlgate {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the process has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
     }
 
     /// Peak resident memory of the process so far (VmHWM), in KiB.
