@@ -16,8 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
 
-/// Events of one change (an editor's write-and-rename, a ConfigMap swap) arrive in a burst.
+/// Events of one change (an editor's write-and-rename, a ConfigMap swap) arrive in a burst…
 const SETTLE: Duration = Duration::from_millis(200);
+/// …which is waited for this long at most, should the events never stop.
+const SETTLE_AT_MOST: Duration = Duration::from_secs(2);
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +58,19 @@ fn watch_directory(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_owned();
+    let name = path.file_name().map(|n| n.to_owned());
+    // The file itself, or a ConfigMap's `..data` and `..<timestamp>` entries; other files in
+    // the directory (a log, say) change all the time and are none of our business.
+    let concerns = move |changed: &Path| {
+        changed.file_name().is_some_and(|changed| {
+            Some(changed) == name.as_deref() || changed.to_string_lossy().starts_with("..")
+        })
+    };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = trigger.send(Cause::FileChanged);
+        if let Ok(event) = event {
+            if !event.kind.is_access() && event.paths.iter().any(|p| concerns(p)) {
+                let _ = trigger.send(Cause::FileChanged);
+            }
         }
     })?;
     watcher.watch(&directory, notify::RecursiveMode::NonRecursive)?;
@@ -76,7 +88,8 @@ async fn reload_loop(
     let mut loaded = content_hash(&path);
     while let Some(mut cause) = triggers.recv().await {
         // Take the whole burst: a signal in it wins, so the reload is never skipped.
-        loop {
+        let settle_until = tokio::time::Instant::now() + SETTLE_AT_MOST;
+        while tokio::time::Instant::now() < settle_until {
             tokio::time::sleep(SETTLE).await;
             let mut more = false;
             while let Ok(next) = triggers.try_recv() {

@@ -434,8 +434,7 @@ async fn upstream_dying_mid_stream_aborts_the_client_connection() {
         "the stream ended cleanly after {received} bytes: truncation was hidden"
     );
     assert!(received <= 1_000_000);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = gate.access_events();
+    let events = gate.access_events_when(|e| !e.is_empty(), Duration::from_secs(5));
     assert_eq!(events.last().unwrap()["outcome"], "aborted");
 }
 
@@ -567,9 +566,8 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     ok.bytes().await.unwrap();
     let wrong = TenantSpec::new("contoso", "wrong-key-secret", CONTOSO_DB);
     assert_eq!(query(&gate, &wrong, "{}").await.status(), 401);
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let events = gate.access_events();
+    let events = gate.access_events_when(|e| e.len() >= 2, Duration::from_secs(5));
     assert_eq!(events.len(), 2, "{events:?}");
     let first = &events[0];
     assert_eq!(first["tenant"], "contoso");
@@ -604,7 +602,11 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_work() {
     let response = query(&gate, &contoso(), r#"{"csl":"gated 1000000"}"#).await;
     assert_eq!(response.status(), 200);
     gate.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = gate.log_when_it_has("shutting down", Duration::from_secs(5));
+    assert!(
+        log.contains("\"connections\":1"),
+        "the stream is in flight at shutdown: {log}"
+    );
     let refused = client().get(gate.url("/healthz")).send().await;
     assert!(
         refused.is_err(),
@@ -630,7 +632,18 @@ async fn every_worker_drains_its_streams_on_shutdown() {
         responses.push(response);
     }
     gate.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Released only once the server is draining, with every stream still in flight.
+    let log = gate.log_when_it_has("shutting down", Duration::from_secs(5));
+    let draining = log
+        .lines()
+        .find(|l| l.contains("shutting down"))
+        .unwrap()
+        .to_owned();
+    let open: serde_json::Value = serde_json::from_str(&draining).unwrap();
+    assert!(
+        open["connections"].as_u64().unwrap() >= STREAMS as u64,
+        "{draining}"
+    );
     for _ in 0..STREAMS {
         upstream.release();
     }
@@ -666,8 +679,8 @@ async fn a_stream_outliving_the_timeout_is_cut_off() {
     assert!(outcome, "the stream ended cleanly after {received} bytes");
     assert_eq!(received, CHUNK, "only the first chunk was ever sent");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(gate.access_events().last().unwrap()["outcome"], "aborted");
+    let events = gate.access_events_when(|e| !e.is_empty(), Duration::from_secs(5));
+    assert_eq!(events.last().unwrap()["outcome"], "aborted");
 }
 
 /// A client that never finishes its headers is disconnected after the header read timeout.
@@ -681,9 +694,15 @@ async fn slow_headers_are_cut_off() {
         .write_all(b"POST /v1/rest/query HTTP/1.1\r\nHost: kqlgate\r\n")
         .await
         .unwrap();
+    let started = std::time::Instant::now();
     let mut buffer = Vec::new();
     let closed =
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buffer)).await;
     assert!(closed.is_ok(), "the connection was still open after 10 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}, not at the 1 s header deadline"
+    );
     assert!(upstream.requests().is_empty());
 }

@@ -168,21 +168,34 @@ pub struct Source<'a> {
     pub tokens: &'a [Token],
 }
 
+/// Every look at a token by the policies, counted in tests: the guard's work, measured
+/// without a clock.
+#[cfg(test)]
+thread_local! {
+    pub(crate) static LOOKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Source<'_> {
+    fn look(&self, index: usize) -> Option<&Token> {
+        #[cfg(test)]
+        LOOKS.with(|looks| looks.set(looks.get() + 1));
+        self.tokens.get(index)
+    }
+
     pub fn kind(&self, index: usize) -> Option<TokenKind> {
-        self.tokens.get(index).map(|t| t.kind)
+        self.look(index).map(|t| t.kind)
     }
 
     /// Whether the token at `index` is the punctuation `c` (`=~` and `!~` count as `=`, `!`).
     pub fn is_punct(&self, index: usize, c: char) -> bool {
-        self.tokens.get(index).is_some_and(|t| {
+        self.look(index).is_some_and(|t| {
             t.kind == TokenKind::Punct && self.text.as_bytes()[t.start()] == c as u8
         })
     }
 
     /// The text of a plain identifier (a keyword or a name as written).
     pub fn word(&self, index: usize) -> Option<&str> {
-        let token = self.tokens.get(index)?;
+        let token = self.look(index)?;
         (token.kind == TokenKind::Ident).then(|| &self.text[token.span()])
     }
 
@@ -194,7 +207,7 @@ impl Source<'_> {
 
     /// The name at `index`, plain or bracketed (decoded).
     pub fn name(&self, index: usize) -> Option<Cow<'_, str>> {
-        let token = self.tokens.get(index)?;
+        let token = self.look(index)?;
         matches!(token.kind, TokenKind::Ident | TokenKind::Bracketed)
             .then(|| lexer::value(self.text, token))
     }
@@ -219,7 +232,7 @@ impl Source<'_> {
     pub fn literals(&self, mut index: usize) -> Option<(String, usize)> {
         let mut value = String::new();
         let start = index;
-        while let Some(token) = self.tokens.get(index).filter(|t| t.kind == TokenKind::Str) {
+        while let Some(token) = self.look(index).filter(|t| t.kind == TokenKind::Str) {
             value.push_str(&lexer::value(self.text, token));
             index += 1;
         }

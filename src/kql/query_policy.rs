@@ -293,6 +293,10 @@ fn no_rule_here(source: &Source, index: usize, entry: &'static Entry, rule: Rule
     )
 }
 
+/// Words a hyphenated keyword of the catalogue has at most (`commands-and-queries`); joining
+/// stops there, so a long `a-b-c-…` chain costs a constant per word.
+const MAX_KEYWORD_PARTS: usize = 4;
+
 /// The keyword at `index`: the longest word of the catalogue made of the identifiers there
 /// joined by touching hyphens (`macro-expand`, `mv-expand`), or the identifier alone.
 fn keyword_at(source: &Source, index: usize) -> Option<&'static Entry> {
@@ -301,7 +305,11 @@ fn keyword_at(source: &Source, index: usize) -> Option<&'static Entry> {
         let mut joined = word.to_owned();
         let mut at = index;
         let mut longest = None;
-        while source.adjacent(at) && source.is_punct(at + 1, '-') && source.adjacent(at + 1) {
+        while at < index + 2 * (MAX_KEYWORD_PARTS - 1)
+            && source.adjacent(at)
+            && source.is_punct(at + 1, '-')
+            && source.adjacent(at + 1)
+        {
             let Some(next) = source.word(at + 2) else {
                 break;
             };

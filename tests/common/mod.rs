@@ -228,6 +228,23 @@ impl Kqlgate {
         }
     }
 
+    /// The access-log events once `ready` holds for them, or as they are after `limit` (the log
+    /// is written by a background thread, so a line may come a moment after its answer).
+    pub fn access_events_when(
+        &self,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+        limit: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let events = self.access_events();
+            if ready(&events) || std::time::Instant::now() >= deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The access-log events written so far.
     pub fn access_events(&self) -> Vec<serde_json::Value> {
         self.log()

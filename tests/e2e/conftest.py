@@ -53,6 +53,8 @@ TENANTS = {
     "northwind": {"cluster": "main", "aliases": ["Northwind"], "role": "admin"},
     # test_guard.py: on a restrict_statement cluster, behind the recording shim.
     "restricted": {"cluster": "restricted", "aliases": ["Restricted"]},
+    # test_enforced_properties.py: the default enforce_request_properties = true, behind the shim.
+    "enforced": {"cluster": "enforced"},
 }
 
 # What the engine is told, so that the guard's refusals can be shown to matter
@@ -286,6 +288,12 @@ def write_config(path: Path, listen: str, engine_url: str, shim_url: str,
         "timeout_seconds = 60",
         "enforce_request_properties = false",
         "restrict_statement = true",
+        "",
+        "# The default: kqlgate forces the request properties that keep a query in its database.",
+        "[clusters.enforced]",
+        f"url = {_toml_str(shim_url)}",
+        'auth = "none"',
+        "timeout_seconds = 60",
         "",
     ]
     for tenant, settings in TENANTS.items():

@@ -93,6 +93,9 @@ DATASETS: dict[str, Dataset] = {
                 _rows("northwind", [("2010-01-01 00:00:00", "MONTANA", "Cold", 0, 6)])),
         Dataset("restricted", "88888888-8888-8888-8888-888888888888",
                 _rows("restricted", [("2010-01-02 00:00:00", "WYOMING", "Wind", 0, 7)])),
+        # test_enforced_properties.py: a tenant on the default enforce_request_properties.
+        Dataset("enforced", "99999999-9999-9999-9999-999999999999",
+                _rows("enforced", [("2010-01-03 00:00:00", "IDAHO", "Hail", 0, 8)])),
     )
 }
 

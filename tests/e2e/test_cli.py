@@ -48,4 +48,5 @@ def test_check_rejects_invalid_config(gateway, tmp_path, mutation):
 
 def test_check_rejects_missing_file(kqlgate_bin, tmp_path):
     res = run_kqlgate(kqlgate_bin, "check", "--config", str(tmp_path / "absent.toml"))
-    assert res.returncode != 0
+    assert res.returncode == 2, (res.returncode, res.stderr)  # 2, not a crash (101)
+    assert "cannot read" in res.stderr, res.stderr

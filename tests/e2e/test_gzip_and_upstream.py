@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import MAX_BODY_BYTES, assert_envelope, primary_rows, states
-from upstream_shim import SLOW_MARKER, SLOW_SECONDS
+from upstream_shim import HOLD_LIMIT, SLOW_MARKER
 
 
 def test_gzip_request_body_accepted(gateway):
@@ -118,10 +118,11 @@ def test_max_concurrent_exceeded_is_429(gateway):
         slow_result["resp"] = gateway.post(
             "/v1/rest/query", {"db": "", "csl": f'print "{SLOW_MARKER.decode()}"'}, tenant="gzipped")
 
+    gateway.shim.hold()
     worker = threading.Thread(target=slow)
     worker.start()
     try:
-        deadline = time.monotonic() + SLOW_SECONDS - 1
+        deadline = time.monotonic() + 10
         while not gateway.shim.find(SLOW_MARKER.decode()) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gateway.shim.find(SLOW_MARKER.decode()), "slow request never reached upstream"
@@ -130,7 +131,8 @@ def test_max_concurrent_exceeded_is_429(gateway):
         retry_after = second.headers.get("Retry-After", "")
         assert retry_after.isdigit() and int(retry_after) >= 1, f"Retry-After {retry_after!r}"
     finally:
-        worker.join(timeout=SLOW_SECONDS + 30)
+        gateway.shim.release()
+        worker.join(timeout=HOLD_LIMIT + 30)
     assert slow_result["resp"].status_code == 200, slow_result["resp"].text
     # Once the slow one is done the slot is free again.
     assert gateway.post("/v1/rest/query", {"db": "", "csl": "print 3"}, tenant="gzipped").status_code == 200

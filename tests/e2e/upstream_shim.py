@@ -11,21 +11,21 @@ It also records what kqlgate sent upstream (path, headers, body decoded), so
 tests can check the rewritten `db` and that tenant credentials never leave
 kqlgate.
 
-A body containing `__e2e_slow__` is held for SLOW_SECONDS before it is
-forwarded, so a test can keep a request in flight (max_concurrent).
+A body containing `__e2e_slow__` is held until the test calls `release()` (at
+most HOLD_LIMIT seconds, so a failed test cannot hang the suite), so a test can
+keep a request in flight (max_concurrent) for exactly as long as it needs.
 """
 from __future__ import annotations
 
 import gzip
 import http.client
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 SLOW_MARKER = b"__e2e_slow__"
-SLOW_SECONDS = 3.0
+HOLD_LIMIT = 30.0
 
 
 @dataclass
@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         shim.record(Recorded(self.command, self.path, headers, body))
         if SLOW_MARKER in body:
-            time.sleep(SLOW_SECONDS)
+            shim.held.wait(HOLD_LIMIT)
 
         up = urlsplit(shim.upstream)
         conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
@@ -99,6 +99,7 @@ class Shim:
         self.upstream = upstream
         self._lock = threading.Lock()
         self._records: list[Recorded] = []
+        self.held = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.shim = self  # type: ignore[attr-defined]
@@ -115,6 +116,14 @@ class Shim:
     def stop(self):
         self._server.shutdown()
         self._server.server_close()
+
+    def release(self):
+        """Lets held (marked) requests through, now and from now on."""
+        self.held.set()
+
+    def hold(self):
+        """Holds marked requests again."""
+        self.held.clear()
 
     def record(self, rec: Recorded):
         with self._lock:

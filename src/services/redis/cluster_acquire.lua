@@ -28,9 +28,10 @@
 -- ARGV[1]  cap: most leases at once across all tenants (integer >= 0)
 -- ARGV[2]  tenant id (non-empty, must not contain "|")
 -- ARGV[3]  lease id, unique per request
--- ARGV[4]  lease duration in ms (integer >= 1). Renew with lease_renew.lua (KEYS[1], member
---          "tenant|lease-id"); release with cluster_release.lua (never lease_release.lua,
---          which would leave the count behind until the next consistency check).
+-- ARGV[4]  lease duration in ms (integer >= 1). Renew with lease_renew.lua (KEYS = this
+--          KEYS[1], KEYS[2]; member "tenant|lease-id"); release with cluster_release.lua
+--          (not lease_release.lua, which would leave the count behind until the next
+--          consistency check).
 -- ARGV[5]  wait window in ms, optional (default 1000): how long a refused tenant counts as
 --          waiting; make it longer than the caller's retry interval. 0 records no waiters
 --          (then only rule 1 applies).
