@@ -168,10 +168,10 @@ pub struct Source<'a> {
     pub tokens: &'a [Token],
 }
 
-/// Every look at a token by the policies, counted in tests: the guard's work, measured
-/// without a clock.
 #[cfg(test)]
 thread_local! {
+    /// Every look at a token by the policies, counted in tests: the guard's work, measured
+    /// without a clock.
     pub(crate) static LOOKS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 

@@ -827,12 +827,7 @@ fn the_guard_never_panics_and_stays_linear() {
         &|n| "x-".repeat(n * 4) + "x",
         &|n| format!("database({})", "'a' ".repeat(n * 4)),
         &|n| "set query_now = 1; ".repeat(n),
-        &|n| {
-            format!(
-                "print {}",
-                "f(g(".repeat(n / 8).repeat(1) + &"1))".repeat(n / 8)
-            )
-        },
+        &|n| format!("print {}", "f(g(".repeat(n / 8) + &"1))".repeat(n / 8)),
         &|n| "macro-expand entity_group [T] as X (X) | ".repeat(n),
     ];
     for shape in shapes {
