@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -17,6 +18,7 @@ use kqlgate::pipeline::query::{QueryBody, Rewrite};
 use kqlgate::services::auth::Authenticator;
 use kqlgate::services::identity::Identities;
 use kqlgate::services::limits::TenantLimits;
+use kqlgate::services::metrics::Metrics;
 use kqlgate::services::tenants::{Reuse, Snapshot};
 
 const DATABASE: &str = "11111111-1111-1111-1111-111111111111";
@@ -57,8 +59,9 @@ fn snapshot(config: Config, limits: &TenantLimits) -> Snapshot {
         config,
         Reuse {
             previous: None,
-            identities: &mut Identities::new().unwrap(),
+            identities: &mut Identities::new(Arc::new(Metrics::new())).unwrap(),
             limits,
+            metrics: &Arc::new(Metrics::new()),
             workers: 1,
         },
     )
@@ -72,8 +75,14 @@ fn credential_check(c: &mut Criterion) {
         .unwrap();
     let config = config(1, "");
     let first_key = config.tenants[0].key_hashes[0].clone();
-    let authenticator =
-        Authenticator::new(&config.auth, Some(&first_key), None, SystemClock::shared()).unwrap();
+    let authenticator = Authenticator::new(
+        &config.auth,
+        Some(&first_key),
+        None,
+        SystemClock::shared(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
     let snapshot =
         runtime.block_on(async { snapshot(config, &TenantLimits::new(SystemClock::shared())) });
     let mut headers = HeaderMap::new();

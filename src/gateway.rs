@@ -7,12 +7,15 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::Sinks;
 use crate::clock::Clock;
 use crate::config::{AadSettings, AuthSettings, Config, ServerSettings};
+use crate::services::audit::Audit;
 use crate::services::auth::Authenticator;
 use crate::services::identity::Identities;
 use crate::services::limits::TenantLimits;
 use crate::services::load::Load;
+use crate::services::metrics::Metrics;
 use crate::services::tenants::{Reuse, Snapshot};
 
 pub struct Gateway {
@@ -21,6 +24,8 @@ pub struct Gateway {
     pub limits: TenantLimits,
     /// Connections, requests in flight, memory: what load shedding looks at.
     pub load: Arc<Load>,
+    pub metrics: Arc<Metrics>,
+    audit: Option<Arc<Audit>>,
     identities: Mutex<Identities>,
     /// `[server]`, `[auth]` and `[aad]` as they were at start: what a reload cannot change.
     started: Started,
@@ -49,13 +54,24 @@ pub struct Reloaded {
 impl Gateway {
     /// Must run inside the Tokio runtime: AAD identities start refreshing their tokens here.
     /// `open_files` is the process's open-file limit, which bounds its connections.
-    pub fn new(config: Config, clock: Arc<dyn Clock>, open_files: u64) -> anyhow::Result<Gateway> {
+    pub fn new(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        open_files: u64,
+        audit: Option<Audit>,
+    ) -> anyhow::Result<Gateway> {
+        let metrics = Arc::new(Metrics::new());
         let first_key = config.tenants.iter().find_map(|t| t.key_hashes.first());
-        let authenticator =
-            Authenticator::new(&config.auth, first_key, config.aad.as_ref(), clock.clone())?;
+        let authenticator = Authenticator::new(
+            &config.auth,
+            first_key,
+            config.aad.as_ref(),
+            clock.clone(),
+            metrics.clone(),
+        )?;
         let limits = TenantLimits::new(clock);
         let load = Arc::new(Load::new(&config.server, open_files));
-        let mut identities = Identities::new()?;
+        let mut identities = Identities::new(metrics.clone())?;
         let started = Started {
             server: config.server.clone(),
             auth: config.auth.clone(),
@@ -69,6 +85,7 @@ impl Gateway {
                 previous: None,
                 identities: &mut identities,
                 limits: &limits,
+                metrics: &metrics,
                 workers,
             },
         )?;
@@ -77,6 +94,8 @@ impl Gateway {
             authenticator,
             limits,
             load,
+            metrics,
+            audit: audit.map(Arc::new),
             identities: Mutex::new(identities),
             started,
             draining: AtomicBool::new(false),
@@ -87,6 +106,14 @@ impl Gateway {
     /// The table as it is now; a request keeps this one to its end.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Where requests' records go besides the access log.
+    pub fn sinks(&self) -> Sinks {
+        Sinks {
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+        }
     }
 
     /// `[server]` as it was at start.
@@ -115,6 +142,7 @@ impl Gateway {
                     previous: Some(&previous),
                     identities: &mut identities,
                     limits: &self.limits,
+                    metrics: &self.metrics,
                     workers: self.started.server.workers,
                 },
             )?;
@@ -125,10 +153,23 @@ impl Gateway {
             .tenants()
             .filter(|t| previous.tenant(&t.config.id).is_none())
             .count();
-        let removed = previous
+        let removed_tenants: Vec<&str> = previous
             .tenants()
-            .filter(|t| snapshot.tenant(&t.config.id).is_none())
-            .count();
+            .map(|t| t.config.id.as_str())
+            .filter(|id| snapshot.tenant(id).is_none())
+            .collect();
+        let removed = removed_tenants.len();
+        for id in removed_tenants {
+            self.metrics.forget_tenant(id);
+        }
+        for cluster in previous.clusters() {
+            if !snapshot
+                .clusters()
+                .any(|c| c.config.name == cluster.config.name)
+            {
+                self.metrics.forget_cluster(&cluster.config.name);
+            }
+        }
         let tenants = snapshot.tenants().count();
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());

@@ -6,6 +6,7 @@
 //! streaming the answer back. See `docs/ARCHITECTURE.md` for the map of modules.
 
 pub mod access_log;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod endpoint;
@@ -86,7 +87,24 @@ pub async fn run_on(
 ) -> anyhow::Result<()> {
     let tls = tls_files(&config);
     let open_files = services::load::raise_open_file_limit();
-    let gateway = Arc::new(gateway::Gateway::new(config, options.clock, open_files)?);
+    // The writer's guard flushes queued audit records when `run_on` returns.
+    let (audit, _audit_writer) = match &config.audit {
+        Some(settings) => {
+            let (audit, guard) = services::audit::Audit::open(settings)?;
+            (Some(audit), Some(guard))
+        }
+        None => (None, None),
+    };
+    let admin = config.admin.clone();
+    let gateway = Arc::new(gateway::Gateway::new(
+        config,
+        options.clock,
+        open_files,
+        audit,
+    )?);
+    if let Some(admin) = admin {
+        admin::start(admin.listen, gateway.clone()).await?;
+    }
     if let Some(path) = options.config_path {
         reload::start(gateway.clone(), path)?;
     }

@@ -128,6 +128,7 @@ fn reload(gateway: &Gateway, path: &Path, cause: Cause) -> bool {
                 %error,
                 "config not reloaded: it is invalid; the previous one stays in force"
             );
+            gateway.metrics.config_reload(false);
             return false;
         }
     };

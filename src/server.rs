@@ -174,6 +174,7 @@ impl Worker {
             // and the process keeps the descriptors it needs for the connections it serves.
             let Some(counted) = load.connection() else {
                 tracing::debug!(%client, "connection refused: max_connections reached");
+                self.gateway.metrics.connection_refused();
                 continue;
             };
             prepare(&stream);
@@ -210,10 +211,12 @@ impl Worker {
                 },
                 () = stopped(&mut self.stopping) => break,
             };
+            self.gateway.metrics.connection_opened();
             let open = OpenConnection {
                 open: self.open.clone(),
                 index,
                 _counted: counted,
+                metrics: self.gateway.metrics.clone(),
             };
             let stream = match TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -246,7 +249,10 @@ impl Worker {
                 match handshake.await {
                     Ok(Ok(stream)) => self.serve(stream, client, worker, &settings).await,
                     Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                    Err(_) => {
+                        tracing::debug!(%client, "TLS handshake timed out");
+                        self.gateway.metrics.connection_closed("tls_handshake");
+                    }
                 }
             }
         }
@@ -296,8 +302,9 @@ impl Worker {
                     tracing::debug!(%client, "connection did not close in time; dropping it");
                     return;
                 }
-                reason = activity.expired(settings), if close_by.is_none() => {
+                (deadline, reason) = activity.expired(settings), if close_by.is_none() => {
                     tracing::debug!(%client, reason, "closing connection");
+                    self.gateway.metrics.connection_closed(deadline);
                     if !activity.served.load(Ordering::Relaxed) {
                         return; // nothing was ever asked on it: nothing to finish politely
                     }
@@ -396,37 +403,36 @@ impl Activity {
         }
     }
 
-    /// When the connection's current state runs out, and what that state is; `None` while a
-    /// request is in flight.
-    fn deadline(&self, settings: &ServerSettings) -> Option<(Instant, &'static str)> {
+    /// When the connection's current state runs out, and which deadline that is (a metrics
+    /// label and words for the log); `None` while a request is in flight.
+    fn deadline(&self, settings: &ServerSettings) -> Option<(Instant, Deadline)> {
         if self.active.load(Ordering::SeqCst) > 0 {
             return None;
         }
         let at = |nanos: u64, limit: Duration| self.epoch + Duration::from_nanos(nanos) + limit;
         let idle_since = self.idle_since.load(Ordering::Relaxed);
         Some(if !self.served.load(Ordering::Relaxed) {
-            (
-                at(0, settings.header_read_timeout),
-                "no request within the header deadline",
-            )
+            let reason = ("header_read", "no request within the header deadline");
+            (at(0, settings.header_read_timeout), reason)
         } else if self.http2.load(Ordering::Relaxed) {
-            (
-                at(idle_since, settings.http2_idle_timeout),
-                "HTTP/2 idle timeout",
-            )
+            let reason = ("http2_idle", "HTTP/2 idle timeout");
+            (at(idle_since, settings.http2_idle_timeout), reason)
         } else {
             match self.read_while_idle.load(Ordering::Relaxed) {
                 0 => (
                     at(idle_since, settings.keepalive_timeout),
-                    "keep-alive timeout",
+                    ("keepalive", "keep-alive timeout"),
                 ),
-                first => (at(first, settings.header_read_timeout), "headers too slow"),
+                first => (
+                    at(first, settings.header_read_timeout),
+                    ("header_read", "headers too slow"),
+                ),
             }
         })
     }
 
     /// Resolves when the connection has sat too long in one state.
-    async fn expired(&self, settings: &ServerSettings) -> &'static str {
+    async fn expired(&self, settings: &ServerSettings) -> Deadline {
         loop {
             let changed = self.changed.notified();
             match self.deadline(settings) {
@@ -445,6 +451,9 @@ impl Activity {
         }
     }
 }
+
+/// Which deadline closed a connection: a metrics label, and words for the log.
+type Deadline = (&'static str, &'static str);
 
 /// One request of a connection in flight; when the last ends, the connection is idle.
 struct Active {
@@ -543,11 +552,13 @@ struct OpenConnection {
     open: Arc<[AtomicUsize]>,
     index: usize,
     _counted: Counted,
+    metrics: Arc<crate::services::metrics::Metrics>,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.open[self.index].fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connection_ended();
     }
 }
 

@@ -2,7 +2,8 @@
 //! [`Config`] (validated, typed, ready to serve). Validation happens once, at load, and every
 //! problem is reported with the key path it concerns (`tenants[2].cluster: …`), so
 //! `kqlgate check`, `kqlgate serve` and a reload refuse a bad file the same way. One file per
-//! section: `server`, `auth`, `cluster` (with `credential`), `tenant`, `aad`.
+//! section: `server`, `auth`, `cluster` (with `credential`), `tenant`, `aad`, `observability`
+//! (`[admin]`, `[audit]`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -14,6 +15,7 @@ pub mod aad;
 pub mod auth;
 pub mod cluster;
 pub mod credential;
+pub mod observability;
 pub mod server;
 pub mod tenant;
 
@@ -21,6 +23,7 @@ pub use aad::{AadSettings, Principal};
 pub use auth::AuthSettings;
 pub use cluster::Cluster;
 pub use credential::{CredentialKind, CredentialSection, Secret, UpstreamCredential};
+pub use observability::{AdminSettings, AuditSettings, AuditSink};
 pub use server::ServerSettings;
 pub use tenant::{RateLimit, Tenant};
 
@@ -38,6 +41,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub tenants: Vec<tenant::TenantSection>,
     pub aad: Option<aad::AadSection>,
+    pub admin: Option<observability::AdminSection>,
+    pub audit: Option<observability::AuditSection>,
 }
 
 // === The validated configuration ===
@@ -49,6 +54,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     pub tenants: Vec<Tenant>,
     pub aad: Option<AadSettings>,
+    pub admin: Option<AdminSettings>,
+    pub audit: Option<AuditSettings>,
 }
 
 impl Config {
@@ -160,12 +167,19 @@ impl FileConfig {
         }
         let aad = self.aad.map(|section| section.validate(env)).transpose()?;
         check_principals(&tenants, aad.is_some())?;
+        let admin = self
+            .admin
+            .map(|section| section.validate(server.listen))
+            .transpose()?;
+        let audit = self.audit.map(|section| section.validate()).transpose()?;
         Ok(Config {
             server,
             auth,
             clusters,
             tenants,
             aad,
+            admin,
+            audit,
         })
     }
 }

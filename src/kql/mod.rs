@@ -49,6 +49,23 @@ impl Scope<'_> {
     }
 }
 
+/// The labels of refusals that are the guard's own rules rather than catalogue entries (whose
+/// labels are their names): with the catalogue's names, every `Refusal::label` there is.
+pub const RULE_LABELS: [&str; 12] = [
+    "tsql",
+    "lexer",
+    "limit",
+    "directive",
+    "command",
+    "database",
+    "entity-name",
+    "set",
+    "evaluate",
+    "macro-expand",
+    "alias",
+    "restrict",
+];
+
 /// Why a text was refused, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

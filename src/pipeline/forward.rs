@@ -52,12 +52,40 @@ pub struct Outgoing<'a> {
     pub read_only: bool,
 }
 
+/// The cluster's answer's head, and whether it took a second attempt.
+pub struct Sent {
+    pub answer: Answer,
+    pub retried: bool,
+}
+
+/// Why no answer came: the error for the client, and its kind for the metrics
+/// (`connect`, `timeout` or `reset`).
+pub struct Failed {
+    pub kind: &'static str,
+    pub error: ProxyError,
+}
+
+impl From<Failed> for ProxyError {
+    fn from(failed: Failed) -> ProxyError {
+        failed.error
+    }
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Failed {
+        Failed {
+            kind: "reset",
+            error,
+        }
+    }
+}
+
 /// Sends `outgoing` over `pool` (the calling worker's pool of `upstream`).
 pub async fn send(
     upstream: &Upstream,
     pool: &Pool,
     outgoing: &Outgoing<'_>,
-) -> Result<Answer, ProxyError> {
+) -> Result<Sent, Failed> {
     // `timeout_seconds` covers the whole exchange, the streamed answer included: one timer
     // waits for the answer's head, then travels with its body.
     let mut deadline = Box::pin(tokio::time::sleep(upstream.timeout));
@@ -67,7 +95,9 @@ pub async fn send(
         let result = tokio::select! {
             biased;
             answer = &mut attempt => answer,
-            () = deadline.as_mut() => return Err(timed_out(upstream)),
+            () = deadline.as_mut() => {
+                return Err(Failed { kind: "timeout", error: timed_out(upstream) })
+            }
         };
         match result {
             Ok(answer) => break answer,
@@ -82,7 +112,10 @@ pub async fn send(
             Err(error) => return Err(failure(upstream, &error)),
         }
     };
-    Ok(answer.map(|inner| DeadlineBody { inner, deadline }))
+    Ok(Sent {
+        answer: answer.map(|inner| DeadlineBody { inner, deadline }),
+        retried,
+    })
 }
 
 fn request(upstream: &Upstream, outgoing: &Outgoing) -> Result<Request<Full<Bytes>>, ProxyError> {
@@ -156,19 +189,28 @@ fn timed_out(upstream: &Upstream) -> ProxyError {
     ))
 }
 
-fn failure(upstream: &Upstream, error: &hyper_util::client::legacy::Error) -> ProxyError {
+fn failure(upstream: &Upstream, error: &hyper_util::client::legacy::Error) -> Failed {
     // The detail (addresses, OS errors) is for the operator's log, not for the tenant.
     tracing::warn!(error = %error_chain(error), "upstream request failed");
     if is_timeout(error) {
         // The connect timeout: as nginx does, a cluster that does not accept in time is 504.
-        ProxyError::GatewayTimeout(format!(
-            "the cluster did not accept a connection within the proxy's limit ({} s)",
-            upstream.connect_timeout.as_secs()
-        ))
+        Failed {
+            kind: "timeout",
+            error: ProxyError::GatewayTimeout(format!(
+                "the cluster did not accept a connection within the proxy's limit ({} s)",
+                upstream.connect_timeout.as_secs()
+            )),
+        }
     } else if error.is_connect() {
-        ProxyError::BadGateway("the cluster could not be reached".into())
+        Failed {
+            kind: "connect",
+            error: ProxyError::BadGateway("the cluster could not be reached".into()),
+        }
     } else {
-        ProxyError::BadGateway("the connection to the cluster failed".into())
+        Failed {
+            kind: "reset",
+            error: ProxyError::BadGateway("the connection to the cluster failed".into()),
+        }
     }
 }
 

@@ -30,8 +30,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 
 use crate::access_log::AccessLog;
+use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
+use crate::headers;
+use crate::services::cost;
 use route::Route;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -49,7 +52,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let mut log = AccessLog::start(&request);
+    let mut log = AccessLog::start(&request, client, gateway.sinks());
     let (parts, body) = request.into_parts();
     let mut body = Some(body);
     let response = match handle_inner(gateway, &parts, &mut body, client, worker, &mut log).await {
@@ -82,7 +85,8 @@ where
 }
 
 /// `parts` and `body` are the request's; the body is taken when it is read, so what is left
-/// after an error is a body nobody read.
+/// after an error is a body nobody read. The `log` is told what each stage found (its tenant,
+/// a refusal's reason, the cluster's answer) for the access line, the metrics and the audit.
 async fn handle_inner<B>(
     gateway: &Gateway,
     parts: &http::request::Parts,
@@ -104,7 +108,9 @@ where
         Route::AuthMetadata => return auth_metadata(gateway),
         Route::Kusto(endpoint) => endpoint,
     };
+    log.endpoint = Some(endpoint);
     if let Some(shed) = gateway.load.shed() {
+        gateway.metrics.load_shed(shed.name());
         return Err(ProxyError::Overloaded {
             reason: shed.name(),
         });
@@ -116,23 +122,41 @@ where
         .authenticate(&snapshot, &parts.headers, client.ip())
         .await?;
     let tenant = caller.tenant;
-    log.tenant = Some(tenant.config.id.clone());
-    admit::rate(&gateway.limits, &tenant)?;
-    admit::room(&gateway.limits, &tenant)?;
+    log.set_tenant(&tenant.label);
+    log.principal = Some(caller.principal);
+    admit::rate(&gateway.limits, &tenant).map_err(refused(log, "rate"))?;
+    admit::room(&gateway.limits, &tenant).map_err(refused(log, "concurrency"))?;
 
-    let encoding = body::precheck(&parts.headers, &snapshot.server)?;
+    let encoding = body::precheck(&parts.headers, &snapshot.server).map_err(body_refusal(log))?;
     let unread = body
         .take()
         .ok_or_else(|| ProxyError::internal("the body was taken twice"))?;
-    let body = body::read(unread, encoding, &snapshot.server).await?;
-    let query = query::QueryBody::parse(&body)?;
-    let database = tenant::resolve_database(&tenant.config, query.db.as_deref())?;
+    let body = body::read(unread, encoding, &snapshot.server)
+        .await
+        .map_err(body_refusal(log))?;
+    let query = query::QueryBody::parse(&body).map_err(refused(log, "bad_request"))?;
+    note_query(log, &query.csl);
+    let database = tenant::resolve_database(&tenant.config, query.db.as_deref())
+        .map_err(refused(log, "db"))?;
     log.database = Some(database.to_owned());
-    let rewrite = guard::check(&tenant, endpoint, &query)?;
-    log.hold(admit::slot(&tenant)?);
+    let rewrite = guard::check(&tenant, endpoint, &query).map_err(|refusal| {
+        match &refusal {
+            guard::GuardError::Refused(r) => log.guard_construct = Some(r.label),
+            guard::GuardError::Properties(ProxyError::BadRequest(_)) => {
+                log.refusal = Some("bad_request");
+                return ProxyError::from(refusal);
+            }
+            guard::GuardError::Properties(_) => {}
+        }
+        log.refusal = Some("guard");
+        ProxyError::from(refusal)
+    })?;
+    let slot = admit::slot(&tenant).map_err(refused(log, "concurrency"))?;
+    log.hold(slot);
     let authorization = tenant.credential.authorization().await?;
 
     let upstream = &tenant.cluster.upstream;
+    log.cluster = Some(tenant.cluster.label.clone());
     let outgoing = forward::Outgoing {
         endpoint,
         client_headers: &parts.headers,
@@ -142,13 +166,79 @@ where
         authorization,
         read_only: rewrite.read_only,
     };
-    let answer = forward::send(upstream, upstream.pool(worker), &outgoing).await?;
+    let sent_at = std::time::Instant::now();
+    let sent = forward::send(upstream, upstream.pool(worker), &outgoing)
+        .await
+        .map_err(|failed| {
+            log.upstream_error = Some(failed.kind);
+            ProxyError::from(failed)
+        })?;
+    if sent.retried {
+        gateway
+            .metrics
+            .upstream_error(&tenant.cluster.label, "retried");
+    }
+    let answer = sent.answer;
+    log.first_byte = Some(sent_at.elapsed());
     log.upstream_status = Some(answer.status().as_u16());
-    Ok(respond::stream_back(
+    log.activity_id = answer
+        .headers()
+        .get(headers::ACTIVITY_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = respond::stream_back(
         answer,
         respond::accepts_gzip(&parts.headers),
         &log.client_request_id,
-    ))
+    );
+    if let Some(format) = cost_format(endpoint, response.status()) {
+        log.watch_cost(format, respond::is_gzip(response.headers()));
+    }
+    Ok(response)
+}
+
+/// Marks a refusal of `reason` on the log, passing the error on.
+fn refused<'l>(
+    log: &'l mut AccessLog,
+    reason: &'static str,
+) -> impl FnOnce(ProxyError) -> ProxyError + 'l {
+    move |error| {
+        log.refusal = Some(reason);
+        error
+    }
+}
+
+/// The refusal reason of a body that could not be read.
+fn body_refusal(log: &mut AccessLog) -> impl FnOnce(ProxyError) -> ProxyError + '_ {
+    move |error| {
+        log.refusal = Some(match error {
+            ProxyError::PayloadTooLarge { .. } => "body_size",
+            ProxyError::RequestTimeout(_) => "body_timeout",
+            _ => "bad_request",
+        });
+        error
+    }
+}
+
+/// The query's hash (and, when asked, its text) for the audit record.
+fn note_query(log: &mut AccessLog, csl: &str) {
+    if log.audited() {
+        log.query_hash = Some(crate::services::audit::query_hash(csl));
+        if log.wants_query_text() {
+            log.query_text = Some(csl.to_owned());
+        }
+    }
+}
+
+/// Queries answer with a cost report (v1's QueryStatus, v2's QueryCompletionInformation);
+/// control commands do not.
+fn cost_format(endpoint: Endpoint, status: StatusCode) -> Option<cost::Format> {
+    match endpoint {
+        _ if status != StatusCode::OK => None,
+        Endpoint::QueryV1 => Some(cost::Format::V1),
+        Endpoint::QueryV2 => Some(cost::Format::V2),
+        Endpoint::Mgmt => None,
+    }
 }
 
 /// Bytes of an unread HTTP/1 body read and dropped after an early refusal, at most…

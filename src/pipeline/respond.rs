@@ -56,7 +56,8 @@ pub fn stream_back(
     Response::from_parts(parts, body)
 }
 
-fn is_gzip(headers: &HeaderMap) -> bool {
+/// Whether the body a response carries is gzip-compressed.
+pub fn is_gzip(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())

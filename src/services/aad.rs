@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::config::credential::check_login_url;
 use crate::config::AadSettings;
+use crate::services::metrics::Metrics;
 
 /// Why a token was refused: for the operator's debug log, never for the caller.
 pub type Refusal = &'static str;
@@ -42,6 +43,7 @@ pub struct AadValidator {
     keys: RwLock<HashMap<String, SigningKey>>,
     /// When keys were last fetched because of an unknown `kid`; also makes such fetches single.
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
 }
 
 struct SigningKey {
@@ -70,7 +72,10 @@ pub struct TokenClaims {
 
 impl AadValidator {
     /// Starts the key refresh in the background; must run inside the Tokio runtime.
-    pub fn start(settings: AadSettings) -> anyhow::Result<Arc<AadValidator>> {
+    pub fn start(
+        settings: AadSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<AadValidator>> {
         let validator = Arc::new(AadValidator {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
@@ -79,6 +84,7 @@ impl AadValidator {
             settings,
             keys: RwLock::new(HashMap::new()),
             last_refetch: tokio::sync::Mutex::new(None),
+            metrics,
         });
         tokio::spawn(refresh_periodically(Arc::downgrade(&validator)));
         Ok(validator)
@@ -155,6 +161,7 @@ impl AadValidator {
                 }
             }
         }
+        self.metrics.jwks_refresh(complete);
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         if complete {
             *keys = fresh;

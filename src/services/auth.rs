@@ -35,6 +35,7 @@ use crate::config::{AadSettings, AuthSettings, RateLimit};
 use crate::error::{retry_after_secs, ProxyError};
 use crate::services::aad::AadValidator;
 use crate::services::limits::{Gcra, KeyedBudgets};
+use crate::services::metrics::Metrics;
 use crate::services::tenants::{Snapshot, TenantEntry};
 
 /// How long a request waits for a free verification slot before it is told to come back.
@@ -94,6 +95,7 @@ pub struct Authenticator {
     uncached_checks: Gcra,
     /// Validates Bearer callers; `None` without an `[aad]` section.
     aad: Option<Arc<AadValidator>>,
+    metrics: Arc<Metrics>,
 }
 
 /// The credentials of a Basic `Authorization` header: the decoded `tenant:key` text, kept as one
@@ -120,6 +122,7 @@ impl Authenticator {
         first_key: Option<&PasswordHashString>,
         aad: Option<&AadSettings>,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Authenticator> {
         let failures = RateLimit {
             per_second: f64::from(settings.verify_per_minute) / 60.0,
@@ -142,8 +145,9 @@ impl Authenticator {
             failures_by_name: KeyedBudgets::new(failures),
             uncached_checks: Gcra::default(),
             aad: aad
-                .map(|aad| AadValidator::start(aad.clone()))
+                .map(|aad| AadValidator::start(aad.clone(), metrics.clone()))
                 .transpose()?,
+            metrics,
         })
     }
 
@@ -228,6 +232,7 @@ impl Authenticator {
             self.failures_by_name.peek(name, now),
         ];
         if let Some(wait) = budgets.into_iter().filter_map(Result::err).max() {
+            self.metrics.signin_refused("failure_budget");
             return Err(ProxyError::TooManyRequests {
                 reason: "too many failed sign-in attempts from this network or for this tenant"
                     .into(),
@@ -239,6 +244,7 @@ impl Authenticator {
             burst: self.settings.verify_global_burst,
         };
         if let Err(wait) = self.uncached_checks.take(now, global) {
+            self.metrics.signin_refused("global_ceiling");
             return Err(ProxyError::TooManyRequests {
                 reason: "too many sign-ins are being checked right now".into(),
                 retry_after_secs: retry_after_secs(wait),
@@ -258,6 +264,7 @@ impl Authenticator {
             _ => None,
         };
         if verified.is_none() {
+            self.metrics.signin_failure(tenant.map(|t| &t.label));
             let now = self.clock.elapsed();
             self.failures_by_network.spend(network, now);
             self.failures_by_name.spend(name, now);
@@ -346,6 +353,7 @@ impl Authenticator {
             tokio::time::timeout(VERIFICATION_QUEUE_WAIT, self.verification_slots.acquire())
                 .await
                 .map_err(|_| {
+                    self.metrics.signin_refused("busy");
                     ProxyError::ServiceUnavailable(
                         "too many credential checks are in progress; retry shortly".into(),
                     )
@@ -463,8 +471,14 @@ mod tests {
         let config = config(tenants, auth);
         let clock = Arc::new(ManualClock::default());
         let first = config.tenants[0].key_hashes.first().cloned();
-        let authenticator =
-            Authenticator::new(&config.auth, first.as_ref(), None, clock.clone()).unwrap();
+        let authenticator = Authenticator::new(
+            &config.auth,
+            first.as_ref(),
+            None,
+            clock.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
         Setup {
             auth: authenticator,
             snapshot: build(config),
@@ -477,8 +491,9 @@ mod tests {
             config,
             Reuse {
                 previous: None,
-                identities: &mut Identities::new().unwrap(),
+                identities: &mut Identities::new(Arc::new(Metrics::new())).unwrap(),
                 limits: &TenantLimits::new(Arc::new(ManualClock::default())),
+                metrics: &Arc::new(Metrics::new()),
                 workers: 1,
             },
         )

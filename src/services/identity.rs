@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::credential::{AadFlow, AadIdentity, SecretSource, UpstreamCredential};
 use crate::error::ProxyError;
+use crate::services::metrics::{Label, Metrics};
 
 /// How long a request waits for an identity's very first token before failing.
 const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(10);
@@ -50,10 +51,11 @@ impl Credential {
 pub struct Identities {
     http: reqwest::Client,
     providers: HashMap<String, Arc<TokenProvider>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Identities {
-    pub fn new() -> anyhow::Result<Identities> {
+    pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Identities> {
         let http = reqwest::Client::builder()
             .timeout(TOKEN_REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -61,6 +63,7 @@ impl Identities {
         Ok(Identities {
             http,
             providers: HashMap::new(),
+            metrics,
         })
     }
 
@@ -83,7 +86,13 @@ impl Identities {
                 let provider = self
                     .providers
                     .entry(identity.cache_key())
-                    .or_insert_with(|| TokenProvider::start(identity.clone(), self.http.clone()));
+                    .or_insert_with(|| {
+                        TokenProvider::start(
+                            identity.clone(),
+                            self.http.clone(),
+                            self.metrics.clone(),
+                        )
+                    });
                 Credential::Aad(provider.clone())
             }
         })
@@ -108,6 +117,9 @@ pub struct TokenProvider {
     identity: AadIdentity,
     http: reqwest::Client,
     state: watch::Sender<TokenState>,
+    metrics: Arc<Metrics>,
+    /// The identity as a metrics label: its flow and client id (no secret).
+    label: Label,
 }
 
 struct Token {
@@ -116,11 +128,22 @@ struct Token {
 }
 
 impl TokenProvider {
-    pub fn start(identity: AadIdentity, http: reqwest::Client) -> Arc<TokenProvider> {
+    pub fn start(
+        identity: AadIdentity,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Arc<TokenProvider> {
+        let label = Label::from(format!(
+            "{}:{}",
+            flow_name(&identity.flow),
+            identity.client_id.as_deref().unwrap_or("system-assigned")
+        ));
         let provider = Arc::new(TokenProvider {
             identity,
             http,
             state: watch::Sender::new(TokenState::Starting),
+            metrics,
+            label,
         });
         tokio::spawn(refresh_loop(Arc::downgrade(&provider)));
         provider
@@ -150,11 +173,7 @@ impl TokenProvider {
     fn describe(&self) -> String {
         format!(
             "{} client {} in tenant {}",
-            match self.identity.flow {
-                AadFlow::ClientSecret(_) => "client-secret",
-                AadFlow::WorkloadIdentity { .. } => "workload-identity",
-                AadFlow::ManagedIdentity { .. } => "managed-identity",
-            },
+            flow_name(&self.identity.flow),
             self.identity
                 .client_id
                 .as_deref()
@@ -259,6 +278,14 @@ impl TokenProvider {
     }
 }
 
+fn flow_name(flow: &AadFlow) -> &'static str {
+    match flow {
+        AadFlow::ClientSecret(_) => "client-secret",
+        AadFlow::WorkloadIdentity { .. } => "workload-identity",
+        AadFlow::ManagedIdentity { .. } => "managed-identity",
+    }
+}
+
 /// When to refresh: ahead of expiry by a tenth of the lifetime, at most five minutes.
 fn refresh_margin(lifetime: Duration) -> Duration {
     (lifetime / 10).min(MAX_REFRESH_MARGIN)
@@ -278,9 +305,13 @@ async fn refresh_loop(provider: Weak<TokenProvider>) {
                     lifetime_seconds = token.lifetime.as_secs(),
                     "cluster token acquired"
                 );
+                let expires_at = Instant::now() + token.lifetime;
+                current
+                    .metrics
+                    .token_refresh(&current.label, Some(expires_at));
                 current.state.send_replace(TokenState::Ready {
                     header: token.header,
-                    expires_at: Instant::now() + token.lifetime,
+                    expires_at,
                     skew: (token.lifetime / 20).min(Duration::from_secs(5)),
                 });
                 backoff = Duration::from_secs(1);
@@ -288,6 +319,7 @@ async fn refresh_loop(provider: Weak<TokenProvider>) {
             }
             Err(error) => {
                 tracing::warn!(identity = %current.describe(), %error, retry_in_seconds = backoff.as_secs(), "cluster token request failed");
+                current.metrics.token_refresh(&current.label, None);
                 current.state.send_modify(|state| {
                     let expired = match state {
                         TokenState::Ready { expires_at, .. } => *expires_at <= Instant::now(),

@@ -11,12 +11,18 @@
 //! | `upstream` | a cluster's connection pools, one per worker |
 //! | `identity` | kqlgate's own credentials at the clusters, tokens refreshed in the background |
 //! | `properties` | the request properties forwarded: forced, refused, passed |
+//! | `metrics` | the Prometheus metrics, labelled by configured tenants and clusters |
+//! | `audit` | the audit log: one JSON record per query, with its cost |
+//! | `cost` | the cost Kusto reports for a query, read from the answer as it streams |
 
 pub mod aad;
+pub mod audit;
 pub mod auth;
+pub mod cost;
 pub mod identity;
 pub mod limits;
 pub mod load;
+pub mod metrics;
 pub mod properties;
 pub mod tenants;
 pub mod upstream;

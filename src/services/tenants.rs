@@ -11,6 +11,7 @@ use crate::config::{Cluster, Config, Principal, ServerSettings, Tenant};
 use crate::services::aad::TokenClaims;
 use crate::services::identity::{Credential, Identities};
 use crate::services::limits::{TenantLimits, TenantState};
+use crate::services::metrics::{Label, Metrics};
 use crate::services::properties::DefaultProperties;
 use crate::services::upstream::Upstream;
 
@@ -25,6 +26,8 @@ pub struct Snapshot {
 
 pub struct TenantEntry {
     pub config: Tenant,
+    /// The tenant id as a metrics label.
+    pub label: Label,
     pub cluster: Arc<ClusterEntry>,
     /// What this tenant's requests present to the cluster: its own identity, or the cluster's.
     pub credential: Credential,
@@ -36,6 +39,8 @@ pub struct TenantEntry {
 
 pub struct ClusterEntry {
     pub config: Cluster,
+    /// The cluster's name as a metrics label.
+    pub label: Label,
     pub upstream: Upstream,
     pub credential: Credential,
 }
@@ -45,6 +50,7 @@ pub struct Reuse<'a> {
     pub previous: Option<&'a Snapshot>,
     pub identities: &'a mut Identities,
     pub limits: &'a TenantLimits,
+    pub metrics: &'a Arc<Metrics>,
     pub workers: usize,
 }
 
@@ -62,11 +68,15 @@ impl Snapshot {
                 .cloned();
             let entry = match kept {
                 Some(entry) => entry,
-                None => Arc::new(ClusterEntry {
-                    upstream: Upstream::new(&cluster, reuse.workers)?,
-                    credential: reuse.identities.credential(&cluster.credential)?,
-                    config: cluster,
-                }),
+                None => {
+                    let label = Label::from(cluster.name.as_str());
+                    Arc::new(ClusterEntry {
+                        upstream: Upstream::new(&cluster, reuse.workers, reuse.metrics, &label)?,
+                        credential: reuse.identities.credential(&cluster.credential)?,
+                        label,
+                        config: cluster,
+                    })
+                }
             };
             clusters.insert(entry.config.name.clone(), entry);
         }
@@ -80,6 +90,7 @@ impl Snapshot {
                 None => cluster.credential.clone(),
             };
             let entry = Arc::new(TenantEntry {
+                label: Label::from(tenant.id.as_str()),
                 default_properties: DefaultProperties::new(
                     cluster.config.enforce_request_properties,
                 ),
