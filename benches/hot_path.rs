@@ -17,7 +17,7 @@ use kqlgate::pipeline::body::{self, BodyLimits};
 use kqlgate::pipeline::query::{QueryBody, Rewrite};
 use kqlgate::services::auth::Authenticator;
 use kqlgate::services::identity::Identities;
-use kqlgate::services::limits::TenantLimits;
+use kqlgate::services::limiter::Limiter;
 use kqlgate::services::metrics::Metrics;
 use kqlgate::services::tenants::{Reuse, Snapshot};
 
@@ -54,7 +54,11 @@ fn config(count: usize, extra: &str) -> Config {
     Config::parse(&text, &std::collections::HashMap::new()).unwrap()
 }
 
-fn snapshot(config: Config, limits: &TenantLimits) -> Snapshot {
+fn limiter() -> Limiter {
+    Limiter::new(SystemClock::shared(), None, Arc::new(Metrics::new()))
+}
+
+fn snapshot(config: Config, limits: &Limiter) -> Snapshot {
     Snapshot::build(
         config,
         Reuse {
@@ -80,11 +84,11 @@ fn credential_check(c: &mut Criterion) {
         Some(&first_key),
         None,
         SystemClock::shared(),
+        None,
         Arc::new(Metrics::new()),
     )
     .unwrap();
-    let snapshot =
-        runtime.block_on(async { snapshot(config, &TenantLimits::new(SystemClock::shared())) });
+    let snapshot = runtime.block_on(async { snapshot(config, &limiter()) });
     let mut headers = HeaderMap::new();
     let basic = base64::engine::general_purpose::STANDARD.encode("t0:the-key");
     headers.insert("authorization", format!("Basic {basic}").parse().unwrap());
@@ -124,7 +128,11 @@ fn parse_rewrite_and_guard(c: &mut Criterion) {
 }
 
 fn limiter_with_many_tenants(c: &mut Criterion) {
-    let limits = TenantLimits::new(SystemClock::shared());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limits = limiter();
     let snapshot = snapshot(
         config(
             10_000,
@@ -138,12 +146,19 @@ fn limiter_with_many_tenants(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 7919) % tenants.len();
             let tenant = &tenants[next];
-            limits
-                .take_rate(&tenant.limits, tenant.config.rate)
-                .unwrap();
-            black_box(
-                TenantLimits::take_slot(&tenant.limits, tenant.config.max_concurrent).unwrap(),
-            )
+            let id = &tenant.config.id;
+            runtime.block_on(async {
+                limits
+                    .take_rate(id, &tenant.limits, tenant.config.rate)
+                    .await
+                    .unwrap();
+                black_box(
+                    limits
+                        .take_slot(id, &tenant.limits, tenant.config.max_concurrent)
+                        .await
+                        .unwrap(),
+                )
+            })
         })
     });
 }

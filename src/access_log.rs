@@ -28,7 +28,7 @@ use crate::pipeline::{BoxError, ProxyBody};
 use crate::services::audit::{Audit, AuditRecord, PrincipalRecord};
 use crate::services::auth::Principal;
 use crate::services::cost::{CostWatcher, Format, QueryCost};
-use crate::services::limits::Slot;
+use crate::services::limiter::{Admission, ClusterAdmission};
 use crate::services::load::Counted;
 use crate::services::metrics::{Finished, InFlight, Label, Metrics};
 
@@ -68,7 +68,8 @@ pub struct Record {
     pub query_text: Option<String>,
     cost_watcher: Option<CostWatcher>,
     cost: Option<QueryCost>,
-    slot: Option<Slot>,
+    slot: Option<Admission>,
+    cluster_place: Option<ClusterAdmission>,
     counted: Option<Counted>,
     in_flight: Option<InFlight>,
 }
@@ -105,6 +106,7 @@ impl AccessLog {
                 cost_watcher: None,
                 cost: None,
                 slot: None,
+                cluster_place: None,
                 counted: None,
                 in_flight: None,
             }),
@@ -161,8 +163,13 @@ impl Drop for AccessLog {
 
 impl Record {
     /// Keeps the tenant's concurrency slot until the answer's last byte.
-    pub fn hold(&mut self, slot: Slot) {
+    pub fn hold(&mut self, slot: Admission) {
         self.slot = Some(slot);
+    }
+
+    /// Keeps the request's place under its cluster's cap until the answer's last byte.
+    pub fn hold_cluster(&mut self, place: Option<ClusterAdmission>) {
+        self.cluster_place = place;
     }
 
     /// Keeps the request counted in kqlgate's load until the answer's last byte.
@@ -172,7 +179,7 @@ impl Record {
 
     /// The request's tenant, counted in its in-flight gauge until the answer's last byte.
     pub fn set_tenant(&mut self, tenant: &Label) {
-        self.in_flight = Some(self.sinks.metrics.in_flight(tenant));
+        self.in_flight = self.sinks.metrics.in_flight(tenant);
         self.tenant = Some(tenant.clone());
     }
 

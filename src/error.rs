@@ -60,6 +60,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Redis, which holds the shared limits, cannot decide and `on_redis_failure = "deny"`.
+    pub fn limits_unavailable() -> ProxyError {
+        ProxyError::ServiceUnavailable(
+            "kqlgate cannot reach its limits backend (Redis) and is configured to refuse until it is back"
+                .into(),
+        )
+    }
+
     /// An internal error, keeping its cause for the log.
     pub fn internal(cause: impl fmt::Display) -> ProxyError {
         ProxyError::Internal(cause.to_string())

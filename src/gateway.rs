@@ -9,19 +9,20 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::Sinks;
 use crate::clock::Clock;
-use crate::config::{AadSettings, AuthSettings, Config, ServerSettings};
+use crate::config::{AadSettings, AuthSettings, Config, LimitsSettings, ServerSettings};
 use crate::services::audit::Audit;
 use crate::services::auth::Authenticator;
 use crate::services::identity::Identities;
-use crate::services::limits::TenantLimits;
+use crate::services::limiter::Limiter;
 use crate::services::load::Load;
 use crate::services::metrics::Metrics;
+use crate::services::shared::SharedLimits;
 use crate::services::tenants::{Reuse, Snapshot};
 
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     pub authenticator: Authenticator,
-    pub limits: TenantLimits,
+    pub limits: Limiter,
     /// Connections, requests in flight, memory: what load shedding looks at.
     pub load: Arc<Load>,
     pub metrics: Arc<Metrics>,
@@ -39,6 +40,7 @@ struct Started {
     server: ServerSettings,
     auth: AuthSettings,
     aad: Option<AadSettings>,
+    limits: LimitsSettings,
 }
 
 /// What a reload changed, for its log line.
@@ -60,22 +62,33 @@ impl Gateway {
         open_files: u64,
         audit: Option<Audit>,
     ) -> anyhow::Result<Gateway> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(match config.admin {
+            Some(_) => Metrics::new(),
+            None => Metrics::unread(),
+        });
+        let shared = config
+            .limits
+            .redis
+            .clone()
+            .map(|redis| SharedLimits::start(redis, metrics.clone()))
+            .transpose()?;
         let first_key = config.tenants.iter().find_map(|t| t.key_hashes.first());
         let authenticator = Authenticator::new(
             &config.auth,
             first_key,
             config.aad.as_ref(),
             clock.clone(),
+            shared.clone(),
             metrics.clone(),
         )?;
-        let limits = TenantLimits::new(clock);
+        let limits = Limiter::new(clock.clone(), shared, metrics.clone());
         let load = Arc::new(Load::new(&config.server, open_files));
         let mut identities = Identities::new(metrics.clone())?;
         let started = Started {
             server: config.server.clone(),
             auth: config.auth.clone(),
             aad: config.aad.clone(),
+            limits: config.limits.clone(),
         };
         let aad_metadata = config.aad.as_ref().map(|aad| aad.metadata().to_string());
         let workers = config.server.workers;
@@ -133,6 +146,9 @@ impl Gateway {
         if config.aad != self.started.aad {
             restart_needed.push("aad");
         }
+        if config.limits != self.started.limits {
+            restart_needed.push("limits");
+        }
         let previous = self.snapshot();
         let snapshot = {
             let mut identities = self.identities.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,7 +189,10 @@ impl Gateway {
         let tenants = snapshot.tenants().count();
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
-        self.limits.retain(|id| snapshot.tenant(id).is_some());
+        self.limits.retain(
+            |id| snapshot.tenant(id).is_some(),
+            |name| snapshot.clusters().any(|c| c.config.name == name),
+        );
         self.authenticator.forget_missing(&snapshot);
         Ok(Reloaded {
             tenants,

@@ -149,10 +149,12 @@ fn reload(gateway: &Gateway, path: &Path, cause: Cause) -> bool {
                     "changed in the config; it takes effect after a restart"
                 );
             }
+            gateway.metrics.config_reload(true);
             true
         }
         Err(error) => {
             tracing::error!(config = %path.display(), error = %format!("{error:#}"), "config not reloaded; the previous one stays in force");
+            gateway.metrics.config_reload(false);
             false
         }
     }

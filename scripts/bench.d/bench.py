@@ -61,6 +61,15 @@ MiB = 1 << 20
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ["direct"] + [n for n, _, _ in NGINX_TARGETS] + ["kqlgate"]
+# kqlgate in other configurations, in the small and medium load rounds only (A/B in one run):
+# "kqlgate" itself has the admin listener (metrics) and the audit log on, as in production;
+# kqlgate-bare has neither; kqlgate-redis adds the Redis limits backend (a rate and a
+# concurrency limit, so each request makes both decisions in Redis).
+VARIANTS = ["kqlgate-bare", "kqlgate-redis"]
+LOAD_TARGETS = TARGETS + VARIANTS
+KEY = [None]  # the bench key (set in main)
+ADMIN_PORTS = {}  # variant -> its admin listener's port
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 RATIO_TO = [n for n, _, _ in NGINX_TARGETS] + ["direct"]  # the ratio columns: kqlgate / each
 
 WORK = None  # the scratch directory (set in main)
@@ -333,7 +342,7 @@ pid {directory}/nginx.pid;
 error_log {directory}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {directory}/access.log;
+    access_log {directory}/access.log combined buffer=64k flush=1s;
     client_body_temp_path {directory}/client_body;
     proxy_temp_path {directory}/proxy;
     fastcgi_temp_path {directory}/fastcgi;
@@ -382,8 +391,26 @@ http {{
     return path
 
 
-def kqlgate_conf(port, upstream_port, key_hash, tenants=None):
+def kqlgate_conf(port, upstream_port, key_hash, tenants=None, variant="kqlgate"):
+    observed = ""
+    if variant != "kqlgate-bare" and tenants is None:
+        ADMIN_PORTS[variant] = free_port()
+        observed = f"""
+[admin]
+listen = "127.0.0.1:{ADMIN_PORTS[variant]}"
+
+[audit]
+path = "{os.path.join(WORK, variant + '-audit.jsonl')}"
+"""
+    if variant == "kqlgate-redis":
+        observed += f"""
+[limits]
+backend = "redis"
+redis_url = "{REDIS_URL}"
+key_prefix = "kqlgate-bench:{os.getpid()}:"
+"""
     head = f"""# kqlgate, equivalent to the nginx targets (written by scripts/bench)
+{observed}
 [server]
 listen = "127.0.0.1:{port}"
 
@@ -403,6 +430,7 @@ database = "{db}"
 aliases = ["Samples"]
 rate_per_second = 1000000000.0
 burst = 1000000000
+max_concurrent = 100000
 """
     if tenants is None:
         return head + tenant.format(id=TENANT, hash=key_hash, db=DB_GUID)
@@ -418,6 +446,39 @@ def kqlgate_server(name, config_path):
 
 
 # === Measurements ===
+
+
+RELOADS = 5
+
+
+def measure_reloads(server, conf_path, port, upstream_port, key_hash):
+    """RELOADS reloads (SIGHUP) of the 10,000-tenant table, each with one tenant's rate changed:
+    kqlgate's own reload time (its log's duration_ms), CPU and VmRSS per reload."""
+    import re
+    durations = []
+    rss_before = proc_status_kb(server.pid, "VmRSS") / 1024
+    cpu_before = cpu_seconds([server.pid])
+    for n in range(RELOADS):
+        text = kqlgate_conf(port, upstream_port, key_hash, tenants=10000)
+        text = text.replace("rate_per_second = 1000000000.0", f"rate_per_second = {1000000000.0 + n + 1}", 1)
+        with open(conf_path, "w") as f:
+            f.write(text)
+        os.kill(server.pid, signal.SIGHUP)
+
+        def reloaded():
+            with open(server.log_path) as f:
+                return len(re.findall(r"config reloaded.*?duration_ms[=:]\s*(\d+)", f.read())) > n
+
+        wait_for(reloaded, f"reload {n + 1} of 10,000 tenants", timeout=30, interval=0.005)
+        with open(server.log_path) as f:
+            durations = [int(d) for d in re.findall(r"config reloaded.*?duration_ms[=:]\s*(\d+)", f.read())]
+    cpu = (cpu_seconds([server.pid]) - cpu_before) / RELOADS
+    rss_after = proc_status_kb(server.pid, "VmRSS") / 1024
+    status = request(port, "POST", QUERY_PATH, query_body("bytes 1024"), {"Authorization": basic("t09999", KEY[0])})[0]
+    if status != 200:
+        raise BenchError(f"10k tenants after {RELOADS} reloads: tenant t09999 got {status}")
+    return {"reload_ms": med(durations), "reload_cpu_ms": cpu * 1000, "rss_reload_before": rss_before,
+            "rss_reload_after": rss_after}
 
 
 def upstream_connections(upstream_port):
@@ -740,6 +801,7 @@ def main():
         [KQLGATE, "key", "new"], capture_output=True, text=True, check=True
     ).stdout.split("\n")[:2]
     auth = basic(TENANT, key)
+    KEY[0] = key
 
     upstream_port = free_port()
     upstream = Server("upstream", [UPSTREAM, f"127.0.0.1:{upstream_port}"]).start()
@@ -756,15 +818,16 @@ def main():
             server = Nginx(name, ["nginx", "-p", directory, "-c", conf,
                                   "-e", os.path.join(directory, "error.log")])
             targets[name] = Target(name, port, server, auth)
-        port = free_port()
-        conf_path = os.path.join(WORK, "kqlgate.toml")
-        with open(conf_path, "w") as f:
-            f.write(kqlgate_conf(port, upstream_port, key_hash))
-        check = subprocess.run([KQLGATE, "check", "--config", conf_path], capture_output=True, text=True,
-                               env=dict(os.environ, KQLGATE_BENCH_TOKEN=UPSTREAM_TOKEN))
-        if check.returncode != 0:
-            raise BenchError(f"kqlgate check refused the bench config:\n{check.stdout}{check.stderr}")
-        targets["kqlgate"] = Target("kqlgate", port, kqlgate_server("kqlgate", conf_path), auth)
+        for variant in ["kqlgate"] + VARIANTS:
+            port = free_port()
+            conf_path = os.path.join(WORK, f"{variant}.toml")
+            with open(conf_path, "w") as f:
+                f.write(kqlgate_conf(port, upstream_port, key_hash, variant=variant))
+            check = subprocess.run([KQLGATE, "check", "--config", conf_path], capture_output=True, text=True,
+                                   env=dict(os.environ, KQLGATE_BENCH_TOKEN=UPSTREAM_TOKEN))
+            if check.returncode != 0:
+                raise BenchError(f"kqlgate check refused the bench config:\n{check.stdout}{check.stderr}")
+            targets[variant] = Target(variant, port, kqlgate_server(variant, conf_path), auth)
         for t in targets.values():
             if t.server:
                 servers.append(t.server)
@@ -772,16 +835,21 @@ def main():
         log("started: " + ", ".join(f"{n} on 127.0.0.1:{t.port}" for n, t in targets.items()))
 
         preflight(targets, key)
+        # The Redis variant really decides in Redis (no fallback to local limits).
+        metrics = request(ADMIN_PORTS["kqlgate-redis"], "GET", "/metrics")[2].decode()
+        if "kqlgate_limits_backend_up 1" not in metrics or "kqlgate_limits_fallbacks_total{" in metrics:
+            raise BenchError(f"kqlgate-redis does not use Redis at {REDIS_URL}:\n"
+                             + "\n".join(l for l in metrics.splitlines() if "limits_" in l))
 
         log("warm-up: 2 s of small answers per target (not counted)")
-        for name in TARGETS:
+        for name in LOAD_TARGETS:
             wrk_run(targets[name], "bytes 1024", upstream, upstream_port, duration=2)
 
         load = {}
         for label, size in (("small", SMALL), ("medium", MEDIUM)):
-            load[label] = {t: [] for t in TARGETS}
+            load[label] = {t: [] for t in LOAD_TARGETS}
             for rnd in range(ROUNDS):
-                for name in TARGETS:
+                for name in LOAD_TARGETS:
                     wait_until_quiet()
                     r = undisturbed(f"{label} round {rnd + 1} {name}",
                                     lambda: wrk_run(targets[name], f"bytes {size}", upstream, upstream_port))
@@ -853,8 +921,9 @@ def main():
                                       {"Authorization": basic("t09999", key)})
             if status != 200 or len(body) != 1024:
                 raise BenchError(f"10k tenants: tenant t09999 got {status}")
+            reloads = measure_reloads(server, many_conf, port, upstream_port, key_hash)
             server.stop()
-            many.append({"listen": t_listen, "ready": t_ready, "rss": rss, "hwm": hwm})
+            many.append({"listen": t_listen, "ready": t_ready, "rss": rss, "hwm": hwm, **reloads})
             log(f"10k tenants round {rnd + 1}: 'listening' after {t_listen * 1000:.0f} ms, /readyz after "
                 f"{t_ready * 1000:.0f} ms, RSS {rss:.1f} MiB (HWM {hwm:.1f}) before the first request")
     finally:
@@ -887,6 +956,19 @@ def build_report(load, streams, sizes, many, elapsed):
         if disturbed > DISTURBED:
             r.lines.append(f"\n⚠ Something else used up to {disturbed:.0f}% of a core during these runs "
                            f"(another build?): these numbers are disturbed; run again on a quiet machine.")
+
+    variants = ["kqlgate-bare", "kqlgate", "kqlgate-redis"]
+    for label, size in (("small", SMALL), ("medium", MEDIUM)):
+        rows = []
+        for key, name, digits, _ in LOAD_METRICS[:4]:
+            values = {t: med([x[key] for x in load[label][t]]) for t in variants}
+            rows.append([name] + [fmt(values[t], digits) for t in variants]
+                        + [ratio(values["kqlgate"], values["kqlgate-bare"]),
+                           ratio(values["kqlgate-redis"], values["kqlgate"])])
+        r.table(f"{label.capitalize()} answers, kqlgate A/B in the same run: bare (no metrics, no audit), "
+                f"with metrics + audit log (the `kqlgate` column above), and with the Redis limits backend "
+                f"too (rate + lease in Redis per request)",
+                ["", *variants, "metrics+audit / bare", "redis / local"], rows)
 
     gb = 1e9
     rows = []
@@ -942,11 +1024,14 @@ def build_report(load, streams, sizes, many, elapsed):
              "VmRSS peak during (MiB)", "growth during (MiB)", "growth, max of rounds (MiB)",
              "VmHWM after (MiB)", "VmHWM after, max of rounds (MiB)"], rows)
 
-    r.table(f"kqlgate with 10,000 tenants (one shared key hash), median of {ROUNDS} starts",
+    r.table(f"kqlgate with 10,000 tenants (one shared key hash), median of {ROUNDS} starts; then "
+            f"{RELOADS} reloads (SIGHUP, one tenant's rate changed each time)",
             ["start → 'kqlgate listening' (ms)", "start → /readyz 200 (ms)", "VmRSS before first request (MiB)",
-             "VmHWM (MiB)"],
+             "VmHWM (MiB)", "reload: kqlgate's duration_ms", "reload: CPU ms", "VmRSS before → after the reloads (MiB)"],
             [[fmt(med([m["listen"] for m in many]) * 1000, 0), fmt(med([m["ready"] for m in many]) * 1000, 0),
-              fmt(med([m["rss"] for m in many]), 1), fmt(med([m["hwm"] for m in many]), 1)]])
+              fmt(med([m["rss"] for m in many]), 1), fmt(med([m["hwm"] for m in many]), 1),
+              fmt(med([m["reload_ms"] for m in many]), 0), fmt(med([m["reload_cpu_ms"] for m in many]), 0),
+              f"{med([m['rss_reload_before'] for m in many]):.1f} → {med([m['rss_reload_after'] for m in many]):.1f}"]])
 
     r.lines.append("\n## Targets\n")
     r.lines.extend(targets_section(load, streams, sizes, many, s))

@@ -42,6 +42,12 @@ pub struct ClusterSection {
     /// Prefix queries with Kusto's own `restrict access to (…)` statement.
     #[serde(default)]
     pub restrict_statement: bool,
+    /// Requests in flight to this cluster across all tenants (and, with the Redis backend,
+    /// all replicas); absent: no cap.
+    pub max_concurrent: Option<u32>,
+    /// How long a request waits for a place under `max_concurrent`; 0: refused at once.
+    #[serde(default)]
+    pub queue_timeout_ms: u64,
 }
 
 fn default_true() -> bool {
@@ -71,6 +77,8 @@ pub struct Cluster {
     pub pool_idle_timeout: Duration,
     pub enforce_request_properties: bool,
     pub restrict_statement: bool,
+    pub max_concurrent: Option<u32>,
+    pub queue_timeout: Duration,
 }
 
 impl ClusterSection {
@@ -123,6 +131,16 @@ impl ClusterSection {
             pool_max_idle: self.pool_max_idle,
             enforce_request_properties: self.enforce_request_properties,
             restrict_statement: self.restrict_statement,
+            max_concurrent: match self.max_concurrent {
+                Some(0) => {
+                    return Err(problem(
+                        format!("{path}.max_concurrent"),
+                        "must be at least 1 (leave it out for no cap)",
+                    ))
+                }
+                cap => cap,
+            },
+            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
         })
     }
 }

@@ -3,7 +3,7 @@
 //! problem is reported with the key path it concerns (`tenants[2].cluster: …`), so
 //! `kqlgate check`, `kqlgate serve` and a reload refuse a bad file the same way. One file per
 //! section: `server`, `auth`, `cluster` (with `credential`), `tenant`, `aad`, `observability`
-//! (`[admin]`, `[audit]`).
+//! (`[admin]`, `[audit]`), `limits`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,6 +15,7 @@ pub mod aad;
 pub mod auth;
 pub mod cluster;
 pub mod credential;
+pub mod limits;
 pub mod observability;
 pub mod server;
 pub mod tenant;
@@ -23,6 +24,7 @@ pub use aad::{AadSettings, Principal};
 pub use auth::AuthSettings;
 pub use cluster::Cluster;
 pub use credential::{CredentialKind, CredentialSection, Secret, UpstreamCredential};
+pub use limits::{LimitsSettings, OnRedisFailure, RedisSettings};
 pub use observability::{AdminSettings, AuditSettings, AuditSink};
 pub use server::ServerSettings;
 pub use tenant::{RateLimit, Tenant};
@@ -43,6 +45,8 @@ pub struct FileConfig {
     pub aad: Option<aad::AadSection>,
     pub admin: Option<observability::AdminSection>,
     pub audit: Option<observability::AuditSection>,
+    #[serde(default)]
+    pub limits: limits::LimitsSection,
 }
 
 // === The validated configuration ===
@@ -56,6 +60,7 @@ pub struct Config {
     pub aad: Option<AadSettings>,
     pub admin: Option<AdminSettings>,
     pub audit: Option<AuditSettings>,
+    pub limits: LimitsSettings,
 }
 
 impl Config {
@@ -172,6 +177,7 @@ impl FileConfig {
             .map(|section| section.validate(server.listen))
             .transpose()?;
         let audit = self.audit.map(|section| section.validate()).transpose()?;
+        let limits = self.limits.validate(env)?;
         Ok(Config {
             server,
             auth,
@@ -180,6 +186,7 @@ impl FileConfig {
             aad,
             admin,
             audit,
+            limits,
         })
     }
 }

@@ -124,8 +124,10 @@ where
     let tenant = caller.tenant;
     log.set_tenant(&tenant.label);
     log.principal = Some(caller.principal);
-    admit::rate(&gateway.limits, &tenant).map_err(refused(log, "rate"))?;
-    admit::room(&gateway.limits, &tenant).map_err(refused(log, "concurrency"))?;
+    admit::rate(&gateway.limits, &tenant)
+        .await
+        .map_err(limit_refusal(log))?;
+    admit::room(&gateway.limits, &tenant).map_err(limit_refusal(log))?;
 
     let encoding = body::precheck(&parts.headers, &snapshot.server).map_err(body_refusal(log))?;
     let unread = body
@@ -151,8 +153,14 @@ where
         log.refusal = Some("guard");
         ProxyError::from(refusal)
     })?;
-    let slot = admit::slot(&tenant).map_err(refused(log, "concurrency"))?;
-    log.hold(slot);
+    let admission = admit::slot(&gateway.limits, &tenant)
+        .await
+        .map_err(limit_refusal(log))?;
+    log.hold(admission);
+    let cluster_place = admit::cluster(&gateway.limits, &tenant)
+        .await
+        .map_err(limit_refusal(log))?;
+    log.hold_cluster(cluster_place);
     let authorization = tenant.credential.authorization().await?;
 
     let upstream = &tenant.cluster.upstream;
@@ -178,9 +186,21 @@ where
             .metrics
             .upstream_error(&tenant.cluster.label, "retried");
     }
-    let answer = sent.answer;
+    let mut answer = sent.answer;
     log.first_byte = Some(sent_at.elapsed());
     log.upstream_status = Some(answer.status().as_u16());
+    gateway.limits.cluster_answered(
+        &tenant.cluster.cap,
+        tenant.cluster.config.max_concurrent,
+        answer.status(),
+    );
+    if answer.status() == StatusCode::TOO_MANY_REQUESTS {
+        // The cluster throttles: the client backs off too, told for how long.
+        answer
+            .headers_mut()
+            .entry(http::header::RETRY_AFTER)
+            .or_insert(HeaderValue::from_static("1"));
+    }
     log.activity_id = answer
         .headers()
         .get(headers::ACTIVITY_ID)
@@ -205,6 +225,14 @@ fn refused<'l>(
     move |error| {
         log.refusal = Some(reason);
         error
+    }
+}
+
+/// Marks a limit's refusal on the log, passing its error on.
+fn limit_refusal(log: &mut AccessLog) -> impl FnOnce(admit::Refused) -> ProxyError + '_ {
+    move |refused| {
+        log.refusal = Some(refused.reason);
+        refused.error
     }
 }
 

@@ -31,11 +31,12 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::clock::Clock;
 use crate::config::tenant::key_fingerprint;
-use crate::config::{AadSettings, AuthSettings, RateLimit};
+use crate::config::{AadSettings, AuthSettings, OnRedisFailure, RateLimit};
 use crate::error::{retry_after_secs, ProxyError};
 use crate::services::aad::AadValidator;
 use crate::services::limits::{Gcra, KeyedBudgets};
 use crate::services::metrics::Metrics;
+use crate::services::shared::{SharedLimits, Unavailable};
 use crate::services::tenants::{Snapshot, TenantEntry};
 
 /// How long a request waits for a free verification slot before it is told to come back.
@@ -93,6 +94,8 @@ pub struct Authenticator {
     failures_by_network: KeyedBudgets<Network>,
     failures_by_name: KeyedBudgets<u64>,
     uncached_checks: Gcra,
+    /// With the Redis backend: the budgets and the ceiling are shared by every replica.
+    shared: Option<Arc<SharedLimits>>,
     /// Validates Bearer callers; `None` without an `[aad]` section.
     aad: Option<Arc<AadValidator>>,
     metrics: Arc<Metrics>,
@@ -122,12 +125,17 @@ impl Authenticator {
         first_key: Option<&PasswordHashString>,
         aad: Option<&AadSettings>,
         clock: Arc<dyn Clock>,
+        shared: Option<Arc<SharedLimits>>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Authenticator> {
-        let failures = RateLimit {
+        let mut failures = RateLimit {
             per_second: f64::from(settings.verify_per_minute) / 60.0,
             burst: settings.verify_burst,
         };
+        // With Redis, the local budgets are used only while it is away: this replica's share.
+        if let Some(shared) = &shared {
+            failures = shared.share_rate(failures);
+        }
         let mut digest_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut digest_key);
         Ok(Authenticator {
@@ -144,6 +152,7 @@ impl Authenticator {
             failures_by_network: KeyedBudgets::new(failures),
             failures_by_name: KeyedBudgets::new(failures),
             uncached_checks: Gcra::default(),
+            shared,
             aad: aad
                 .map(|aad| AadValidator::start(aad.clone(), metrics.clone()))
                 .transpose()?,
@@ -225,31 +234,9 @@ impl Authenticator {
         client: IpAddr,
     ) -> Result<Option<Verified>, ProxyError> {
         let network = self.network(client);
-        let name = self.name_bucket(credentials.tenant_id());
-        let now = self.clock.elapsed();
-        let budgets = [
-            self.failures_by_network.peek(network, now),
-            self.failures_by_name.peek(name, now),
-        ];
-        if let Some(wait) = budgets.into_iter().filter_map(Result::err).max() {
-            self.metrics.signin_refused("failure_budget");
-            return Err(ProxyError::TooManyRequests {
-                reason: "too many failed sign-in attempts from this network or for this tenant"
-                    .into(),
-                retry_after_secs: retry_after_secs(wait),
-            });
-        }
-        let global = RateLimit {
-            per_second: f64::from(self.settings.verify_global_per_second),
-            burst: self.settings.verify_global_burst,
-        };
-        if let Err(wait) = self.uncached_checks.take(now, global) {
-            self.metrics.signin_refused("global_ceiling");
-            return Err(ProxyError::TooManyRequests {
-                reason: "too many sign-ins are being checked right now".into(),
-                retry_after_secs: retry_after_secs(wait),
-            });
-        }
+        let name = credentials.tenant_id();
+        self.budgets_left(network, name).await?;
+        self.take_uncached_check().await?;
         let tenant = snapshot.tenant(credentials.tenant_id());
         let hashes: Arc<[PasswordHashString]> = match tenant {
             Some(tenant) => tenant.config.key_hashes.clone().into(),
@@ -265,11 +252,123 @@ impl Authenticator {
         };
         if verified.is_none() {
             self.metrics.signin_failure(tenant.map(|t| &t.label));
-            let now = self.clock.elapsed();
-            self.failures_by_network.spend(network, now);
-            self.failures_by_name.spend(name, now);
+            self.spend_budgets(network, name).await;
         }
         Ok(verified)
+    }
+
+    /// Refuses a check when the failure budget of the client's network or of the tenant name
+    /// is spent — in Redis with the shared backend, so an attacker's budget does not multiply
+    /// by the replicas.
+    async fn budgets_left(&self, network: Network, name: &str) -> Result<(), ProxyError> {
+        let spent = |wait| {
+            self.metrics.signin_refused("failure_budget");
+            ProxyError::TooManyRequests {
+                reason: "too many failed sign-in attempts from this network or for this tenant"
+                    .into(),
+                retry_after_secs: retry_after_secs(wait),
+            }
+        };
+        if let Some(shared) = &self.shared {
+            let rate = self.failure_rate();
+            let mut worst: Option<Duration> = None;
+            for key in [network_key(shared, network), name_key(shared, name)] {
+                match shared
+                    .gcra(&key, rate.per_second, rate.burst, 0, false)
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(wait)) => worst = worst.max(Some(wait)),
+                    Err(Unavailable) => match shared.fallback("signin") {
+                        OnRedisFailure::Allow => return Ok(()),
+                        OnRedisFailure::Deny => return Err(ProxyError::limits_unavailable()),
+                        // The local budgets hold this replica's share.
+                        OnRedisFailure::Local => {
+                            return self
+                                .local_budget_wait(network, name)
+                                .map_or(Ok(()), |w| Err(spent(w)))
+                        }
+                    },
+                }
+            }
+            return worst.map_or(Ok(()), |wait| Err(spent(wait)));
+        }
+        self.local_budget_wait(network, name)
+            .map_or(Ok(()), |wait| Err(spent(wait)))
+    }
+
+    /// How long until both local failure budgets have a unit again, if either is spent.
+    fn local_budget_wait(&self, network: Network, name: &str) -> Option<Duration> {
+        let now = self.clock.elapsed();
+        let budgets = [
+            self.failures_by_network.peek(network, now),
+            self.failures_by_name.peek(self.name_bucket(name), now),
+        ];
+        budgets.into_iter().filter_map(Result::err).max()
+    }
+
+    /// Spends a unit of both failure budgets.
+    async fn spend_budgets(&self, network: Network, name: &str) {
+        if let Some(shared) = &self.shared {
+            let rate = self.failure_rate();
+            let mut reached = true;
+            for key in [network_key(shared, network), name_key(shared, name)] {
+                if shared
+                    .gcra(&key, rate.per_second, rate.burst, 1, true)
+                    .await
+                    .is_err()
+                {
+                    reached = false;
+                }
+            }
+            if reached {
+                return;
+            }
+        }
+        let now = self.clock.elapsed();
+        self.failures_by_network.spend(network, now);
+        self.failures_by_name.spend(self.name_bucket(name), now);
+    }
+
+    /// One unit of the global ceiling on key checks (argon2 work), shared with Redis.
+    async fn take_uncached_check(&self) -> Result<(), ProxyError> {
+        let global = RateLimit {
+            per_second: f64::from(self.settings.verify_global_per_second),
+            burst: self.settings.verify_global_burst,
+        };
+        let decision = match &self.shared {
+            Some(shared) => {
+                let key = shared.key("signin", "checks");
+                match shared
+                    .gcra(&key, global.per_second, global.burst, 1, false)
+                    .await
+                {
+                    Ok(decision) => decision,
+                    Err(Unavailable) => match shared.fallback("signin_ceiling") {
+                        OnRedisFailure::Allow => Ok(()),
+                        OnRedisFailure::Deny => return Err(ProxyError::limits_unavailable()),
+                        OnRedisFailure::Local => self
+                            .uncached_checks
+                            .take(self.clock.elapsed(), shared.share_rate(global)),
+                    },
+                }
+            }
+            None => self.uncached_checks.take(self.clock.elapsed(), global),
+        };
+        decision.map_err(|wait| {
+            self.metrics.signin_refused("global_ceiling");
+            ProxyError::TooManyRequests {
+                reason: "too many sign-ins are being checked right now".into(),
+                retry_after_secs: retry_after_secs(wait),
+            }
+        })
+    }
+
+    fn failure_rate(&self) -> RateLimit {
+        RateLimit {
+            per_second: f64::from(self.settings.verify_per_minute) / 60.0,
+            burst: self.settings.verify_burst,
+        }
     }
 
     /// Forgets idle budget state; called periodically so the maps stay small.
@@ -397,6 +496,24 @@ fn still_valid(snapshot: &Snapshot, verified: &Verified) -> Option<Caller> {
 
 /// A hash with the same cost parameters as the first configured key, so an unknown tenant
 /// takes as long to refuse as a wrong key.
+/// The Redis key of a network's failure budget.
+fn network_key(shared: &SharedLimits, network: Network) -> String {
+    let family = if network.1 { "v6" } else { "v4" };
+    shared.key("signin", &format!("net:{family}:{:032x}", network.0))
+}
+
+/// The Redis key of a tenant name's failure budget: a digest, so a caller's text never
+/// becomes a key.
+fn name_key(shared: &SharedLimits, name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    shared.key(
+        "signin",
+        &format!("name:{:016x}", u64::from_be_bytes(first)),
+    )
+}
+
 fn decoy_hash(params: argon2::Params) -> PasswordHashString {
     let hasher = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -440,7 +557,6 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::config::Config;
     use crate::services::identity::Identities;
-    use crate::services::limits::TenantLimits;
     use crate::services::tenants::Reuse;
 
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -476,6 +592,7 @@ mod tests {
             first.as_ref(),
             None,
             clock.clone(),
+            None,
             Arc::new(Metrics::new()),
         )
         .unwrap();
@@ -492,7 +609,11 @@ mod tests {
             Reuse {
                 previous: None,
                 identities: &mut Identities::new(Arc::new(Metrics::new())).unwrap(),
-                limits: &TenantLimits::new(Arc::new(ManualClock::default())),
+                limits: &crate::services::limiter::Limiter::new(
+                    Arc::new(ManualClock::default()),
+                    None,
+                    Arc::new(Metrics::new()),
+                ),
                 metrics: &Arc::new(Metrics::new()),
                 workers: 1,
             },

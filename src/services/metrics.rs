@@ -76,6 +76,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    decision: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -97,9 +103,11 @@ struct BuildLabels {
 }
 
 /// Why kqlgate refused a request itself (`kqlgate_refusals_total{reason}`).
-pub const REFUSAL_REASONS: [&str; 7] = [
+pub const REFUSAL_REASONS: [&str; 9] = [
     "rate",
     "concurrency",
+    "cluster",
+    "limits_unavailable",
     "db",
     "guard",
     "body_size",
@@ -122,6 +130,13 @@ fn seconds_histogram() -> Histogram {
 }
 
 pub struct Metrics {
+    /// Off when nothing can read the metrics (no `[admin]` listener): requests then skip
+    /// recording them.
+    enabled: bool,
+    /// Tenants and clusters removed by a reload: their last requests, finishing after it, are
+    /// not recorded, so the series stay gone.
+    retired_tenants: std::sync::RwLock<std::collections::HashSet<Label>>,
+    retired_clusters: std::sync::RwLock<std::collections::HashSet<Label>>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Histo,
@@ -135,6 +150,11 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pool_connections: Family<ClusterLabels, Gauge>,
     cluster_throttled: Family<ClusterLabels, Counter>,
+    cluster_cap: Family<ClusterLabels, Gauge>,
+    limits_backend_up: Gauge,
+    limits_backend_errors: Counter,
+    limits_backend_transitions: Family<ResultLabels, Counter>,
+    limits_fallbacks: Family<FallbackLabels, Counter>,
     connections_open: Gauge,
     connections_refused: Counter,
     connections_closed: Family<ReasonLabels, Counter>,
@@ -159,8 +179,20 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_recording(true)
+    }
+
+    /// Metrics that requests do not record (nothing serves them).
+    pub fn unread() -> Metrics {
+        Metrics::with_recording(false)
+    }
+
+    fn with_recording(enabled: bool) -> Metrics {
         let mut registry = Registry::with_prefix("kqlgate");
         let metrics = Metrics {
+            enabled,
+            retired_tenants: Default::default(),
+            retired_clusters: Default::default(),
             requests: Family::default(),
             duration: Family::new_with_constructor(seconds_histogram),
             first_byte: Family::new_with_constructor(seconds_histogram),
@@ -173,6 +205,11 @@ impl Metrics {
             upstream_errors: Family::default(),
             pool_connections: Family::default(),
             cluster_throttled: Family::default(),
+            cluster_cap: Family::default(),
+            limits_backend_up: Gauge::default(),
+            limits_backend_errors: Counter::default(),
+            limits_backend_transitions: Family::default(),
+            limits_fallbacks: Family::default(),
             connections_open: Gauge::default(),
             connections_refused: Counter::default(),
             connections_closed: Family::default(),
@@ -249,6 +286,31 @@ impl Metrics {
             "cluster_throttled",
             "Answers of 429 from a cluster",
             metrics.cluster_throttled.clone(),
+        );
+        r.register(
+            "cluster_cap",
+            "A cluster's cap on requests in flight now: max_concurrent, lower after 429s",
+            metrics.cluster_cap.clone(),
+        );
+        r.register(
+            "limits_backend_up",
+            "1 while the Redis limits backend answers, 0 while limits are decided without it",
+            metrics.limits_backend_up.clone(),
+        );
+        r.register(
+            "limits_backend_errors",
+            "Redis calls that failed or passed limits.timeout_ms",
+            metrics.limits_backend_errors.clone(),
+        );
+        r.register(
+            "limits_backend_transitions",
+            "Changes of the Redis backend's state, to up or down",
+            metrics.limits_backend_transitions.clone(),
+        );
+        r.register(
+            "limits_fallbacks",
+            "Limit decisions made without Redis, by decision and on_redis_failure mode",
+            metrics.limits_fallbacks.clone(),
         );
         r.register(
             "connections_open",
@@ -359,7 +421,11 @@ impl Metrics {
             match metadata {
                 Some((prefix, rest)) => {
                     let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                    let suffix = if counters.contains(name) { "_total" } else { "" };
+                    let suffix = if counters.contains(name) {
+                        "_total"
+                    } else {
+                        ""
+                    };
                     out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
                 }
                 None => {
@@ -375,6 +441,9 @@ impl Metrics {
 
     /// One answered request, when its answer ended.
     pub fn request(&self, done: &Finished) {
+        if !self.enabled || self.retired(&self.retired_tenants, done.tenant.as_ref()) {
+            return;
+        }
         let tenant = done.tenant.clone().unwrap_or_else(|| Label::from(""));
         let route = done.endpoint.map_or("other", Endpoint::path);
         self.requests
@@ -411,7 +480,11 @@ impl Metrics {
                 })
                 .inc();
         }
-        if let Some(cluster) = &done.cluster {
+        let cluster = done
+            .cluster
+            .as_ref()
+            .filter(|c| !self.retired(&self.retired_clusters, Some(c)));
+        if let Some(cluster) = cluster {
             let labels = ClusterLabels {
                 cluster: cluster.clone(),
             };
@@ -472,16 +545,18 @@ impl Metrics {
     }
 
     /// The tenant's requests in flight, one more until the returned guard drops.
-    pub fn in_flight(self: &Arc<Metrics>, tenant: &Label) -> InFlight {
-        self.in_flight
+    pub fn in_flight(self: &Arc<Metrics>, tenant: &Label) -> Option<InFlight> {
+        if !self.enabled {
+            return None;
+        }
+        let gauge = self
+            .in_flight
             .get_or_create(&TenantLabels {
                 tenant: tenant.clone(),
             })
-            .inc();
-        InFlight {
-            metrics: self.clone(),
-            tenant: tenant.clone(),
-        }
+            .clone();
+        gauge.inc();
+        Some(InFlight { gauge })
     }
 
     // === Sign-ins, upstream, connections ===
@@ -510,15 +585,50 @@ impl Metrics {
 
     /// A connection to `cluster` opened; closed again when the returned guard drops.
     pub fn pool_connection(self: &Arc<Metrics>, cluster: &Label) -> PoolConnection {
-        self.pool_connections
+        let gauge = self
+            .pool_connections
             .get_or_create(&ClusterLabels {
                 cluster: cluster.clone(),
             })
-            .inc();
-        PoolConnection {
-            metrics: self.clone(),
-            cluster: cluster.clone(),
+            .clone();
+        gauge.inc();
+        PoolConnection { gauge }
+    }
+
+    // === Limits ===
+
+    pub fn cluster_cap(&self, cluster: &Label, cap: u32) {
+        self.cluster_cap
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.clone(),
+            })
+            .set(i64::from(cap));
+    }
+
+    /// The Redis backend is in use (up until it fails).
+    pub fn limits_backend_started(&self) {
+        self.limits_backend_up.set(1);
+    }
+
+    /// The Redis backend went up or down.
+    pub fn limits_backend_up(&self, up: bool) {
+        let before = self.limits_backend_up.set(i64::from(up));
+        if before != i64::from(up) {
+            let state = if up { "up" } else { "down" };
+            self.limits_backend_transitions
+                .get_or_create(&ResultLabels { result: state })
+                .inc();
         }
+    }
+
+    pub fn limits_backend_error(&self) {
+        self.limits_backend_errors.inc();
+    }
+
+    pub fn limits_fallback(&self, decision: &'static str, mode: &'static str) {
+        self.limits_fallbacks
+            .get_or_create(&FallbackLabels { decision, mode })
+            .inc();
     }
 
     pub fn connection_opened(&self) {
@@ -597,8 +707,37 @@ impl Metrics {
     }
 
     /// Drops every series of a tenant that is no longer configured.
+    fn retired(
+        &self,
+        set: &std::sync::RwLock<std::collections::HashSet<Label>>,
+        label: Option<&Label>,
+    ) -> bool {
+        label.is_some_and(|label| {
+            let set = set.read().unwrap_or_else(|e| e.into_inner());
+            !set.is_empty() && set.contains(label)
+        })
+    }
+
+    /// A tenant or cluster in the table (again): its series are recorded.
+    pub fn configured(&self, tenant: Option<&Label>, cluster: Option<&Label>) {
+        for (set, label) in [
+            (&self.retired_tenants, tenant),
+            (&self.retired_clusters, cluster),
+        ] {
+            if let Some(label) = label {
+                if self.retired(set, Some(label)) {
+                    set.write().unwrap_or_else(|e| e.into_inner()).remove(label);
+                }
+            }
+        }
+    }
+
     pub fn forget_tenant(&self, tenant: &str) {
         let tenant: Label = tenant.into();
+        self.retired_tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.clone());
         let routes = Endpoint::ALL.iter().map(|e| e.path()).chain(["other"]);
         for route in routes {
             for status in 100..=599 {
@@ -656,8 +795,13 @@ impl Metrics {
         let labels = ClusterLabels {
             cluster: cluster.into(),
         };
+        self.retired_clusters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(labels.cluster.clone());
         self.first_byte.remove(&labels);
         self.cluster_throttled.remove(&labels);
+        self.cluster_cap.remove(&labels);
         self.pool_connections.remove(&labels);
         for kind in UPSTREAM_ERRORS {
             let labels = UpstreamErrorLabels {
@@ -689,35 +833,24 @@ pub struct Finished {
 
 /// A request counted in its tenant's `requests_in_flight`.
 pub struct InFlight {
-    metrics: Arc<Metrics>,
-    tenant: Label,
+    /// The series' own gauge: a series removed meanwhile (its tenant is gone) stays removed.
+    gauge: Gauge,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.metrics
-            .in_flight
-            .get_or_create(&TenantLabels {
-                tenant: self.tenant.clone(),
-            })
-            .dec();
+        self.gauge.dec();
     }
 }
 
 /// A connection counted in its cluster's `upstream_pool_connections`.
 pub struct PoolConnection {
-    metrics: Arc<Metrics>,
-    cluster: Label,
+    gauge: Gauge,
 }
 
 impl Drop for PoolConnection {
     fn drop(&mut self) {
-        self.metrics
-            .pool_connections
-            .get_or_create(&ClusterLabels {
-                cluster: self.cluster.clone(),
-            })
-            .dec();
+        self.gauge.dec();
     }
 }
 

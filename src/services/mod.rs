@@ -6,7 +6,9 @@
 //! | `tenants` | the [`tenants::Snapshot`] of tenants and clusters a request sees from start to end |
 //! | `auth` | Basic and Bearer callers → tenant; the verified-key cache and sign-in budgets |
 //! | `aad` | AAD token validation against the issuers' signing keys |
+//! | `limiter` | the limit decisions: tenant rate and in flight, cluster cap with fair shares and AIMD |
 //! | `limits` | rate and in-flight state per tenant id, surviving reloads; keyed budgets |
+//! | `shared` | limits shared by replicas in Redis: Lua scripts, leases, circuit breaker |
 //! | `load` | connections, requests in flight, memory: when to shed load |
 //! | `upstream` | a cluster's connection pools, one per worker |
 //! | `identity` | kqlgate's own credentials at the clusters, tokens refreshed in the background |
@@ -20,9 +22,11 @@ pub mod audit;
 pub mod auth;
 pub mod cost;
 pub mod identity;
+pub mod limiter;
 pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod properties;
+pub mod shared;
 pub mod tenants;
 pub mod upstream;

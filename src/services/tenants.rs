@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::config::{Cluster, Config, Principal, ServerSettings, Tenant};
 use crate::services::aad::TokenClaims;
 use crate::services::identity::{Credential, Identities};
-use crate::services::limits::{TenantLimits, TenantState};
+use crate::services::limiter::{ClusterState, Limiter};
+use crate::services::limits::TenantState;
 use crate::services::metrics::{Label, Metrics};
 use crate::services::properties::DefaultProperties;
 use crate::services::upstream::Upstream;
@@ -43,13 +44,16 @@ pub struct ClusterEntry {
     pub label: Label,
     pub upstream: Upstream,
     pub credential: Credential,
+    /// Requests in flight and the adaptive cap, shared with the cluster's entries in other
+    /// snapshots.
+    pub cap: Arc<ClusterState>,
 }
 
 /// What building a snapshot reuses from the running process.
 pub struct Reuse<'a> {
     pub previous: Option<&'a Snapshot>,
     pub identities: &'a mut Identities,
-    pub limits: &'a TenantLimits,
+    pub limits: &'a Limiter,
     pub metrics: &'a Arc<Metrics>,
     pub workers: usize,
 }
@@ -73,11 +77,13 @@ impl Snapshot {
                     Arc::new(ClusterEntry {
                         upstream: Upstream::new(&cluster, reuse.workers, reuse.metrics, &label)?,
                         credential: reuse.identities.credential(&cluster.credential)?,
+                        cap: reuse.limits.cluster_state(&cluster.name),
                         label,
                         config: cluster,
                     })
                 }
             };
+            reuse.metrics.configured(None, Some(&entry.label));
             clusters.insert(entry.config.name.clone(), entry);
         }
         let mut tenants = HashMap::with_capacity(config.tenants.len());
@@ -94,11 +100,12 @@ impl Snapshot {
                 default_properties: DefaultProperties::new(
                     cluster.config.enforce_request_properties,
                 ),
-                limits: reuse.limits.state_for(&tenant.id),
+                limits: reuse.limits.tenant_state(&tenant.id),
                 credential,
                 cluster,
                 config: tenant,
             });
+            reuse.metrics.configured(Some(&entry.label), None);
             for principal in &entry.config.aad_principals {
                 principals.insert(principal.clone(), entry.clone());
             }

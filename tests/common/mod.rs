@@ -5,6 +5,7 @@
 
 pub mod fake_aad;
 pub mod inprocess;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
