@@ -21,10 +21,9 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::body::{BoxError, ProxyBody};
 use crate::endpoint::Endpoint;
-use crate::error::error_chain;
-use crate::pipeline::forward::StreamTimedOut;
-use crate::pipeline::{BoxError, ProxyBody};
+use crate::error::{error_chain, StreamTimedOut};
 use crate::services::audit::{Audit, AuditRecord, PrincipalRecord};
 use crate::services::auth::Principal;
 use crate::services::cost::{CostWatcher, Format, QueryCost};

@@ -59,6 +59,11 @@ pub enum ProxyError {
     Internal(String),
 }
 
+/// The error a streamed answer yields when its deadline passes mid-stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer did not finish within the proxy's limit")]
+pub struct StreamTimedOut;
+
 impl ProxyError {
     /// Redis, which holds the shared limits, cannot decide and `on_redis_failure = "deny"`.
     pub fn limits_unavailable() -> ProxyError {
@@ -228,7 +233,7 @@ impl ProxyError {
             } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            ProxyError::Overloaded { .. } => {
+            ProxyError::Overloaded { .. } | ProxyError::ServiceUnavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
             }
             ProxyError::MethodNotAllowed { allowed, .. } => {

@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::Sinks;
 use crate::clock::Clock;
-use crate::config::{AadSettings, AuthSettings, Config, LimitsSettings, ServerSettings};
+use crate::config::{
+    AadSettings, AdminSettings, AuditSettings, AuthSettings, Config, LimitsSettings, ServerSettings,
+};
 use crate::services::audit::Audit;
 use crate::services::auth::Authenticator;
 use crate::services::identity::Identities;
@@ -41,6 +43,8 @@ struct Started {
     auth: AuthSettings,
     aad: Option<AadSettings>,
     limits: LimitsSettings,
+    admin: Option<AdminSettings>,
+    audit: Option<AuditSettings>,
 }
 
 /// What a reload changed, for its log line.
@@ -81,6 +85,9 @@ impl Gateway {
             shared.clone(),
             metrics.clone(),
         )?;
+        if shared.is_none() {
+            metrics.limits_backend_started(); // the local backend always answers
+        }
         let limits = Limiter::new(clock.clone(), shared, metrics.clone());
         let load = Arc::new(Load::new(&config.server, open_files));
         let mut identities = Identities::new(metrics.clone())?;
@@ -89,6 +96,8 @@ impl Gateway {
             auth: config.auth.clone(),
             aad: config.aad.clone(),
             limits: config.limits.clone(),
+            admin: config.admin.clone(),
+            audit: config.audit.clone(),
         };
         let aad_metadata = config.aad.as_ref().map(|aad| aad.metadata().to_string());
         let workers = config.server.workers;
@@ -148,6 +157,12 @@ impl Gateway {
         }
         if config.limits != self.started.limits {
             restart_needed.push("limits");
+        }
+        if config.admin != self.started.admin {
+            restart_needed.push("admin");
+        }
+        if config.audit != self.started.audit {
+            restart_needed.push("audit");
         }
         let previous = self.snapshot();
         let snapshot = {
@@ -215,4 +230,8 @@ fn keep_fixed(running: &ServerSettings, new: &mut ServerSettings) {
     new.max_connections = running.max_connections;
     new.pid_file = running.pid_file.clone();
     new.watch_config = running.watch_config;
+    new.max_in_flight = running.max_in_flight;
+    new.memory_limit_bytes = running.memory_limit_bytes;
+    new.shed_at_percent = running.shed_at_percent;
+    new.shutdown_grace = running.shutdown_grace;
 }

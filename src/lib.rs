@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod body;
 pub mod clock;
 pub mod config;
 pub mod endpoint;
@@ -22,30 +23,14 @@ pub mod services;
 pub mod tls;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 
 pub use config::Config;
-use config::{problem, ConfigError};
-
-/// Loads and validates a config file as `kqlgate check`, `serve` and every reload do: the file's
-/// keys and values, and the TLS certificate and key it names.
-pub fn check_config(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
-    if let Some(files) = tls_files(&config) {
-        tls::check(&files).map_err(|e| problem("server.tls_cert", format!("{e:#}")))?;
-    }
-    Ok(config)
-}
-
-fn tls_files(config: &Config) -> Option<tls::TlsFiles> {
-    config.server.tls.as_ref().map(|(cert, key)| tls::TlsFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-    })
-}
+pub use reload::check_config;
+use reload::tls_files;
 
 /// What `run` serves and how it behaves around the request path.
 pub struct Options {

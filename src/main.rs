@@ -111,6 +111,7 @@ struct ConfigArg {
     /// Config file [default: $KQLGATE_CONFIG, then config/kqlgate.toml]
     #[arg(
         long,
+        global = true,
         env = "KQLGATE_CONFIG",
         default_value = "config/kqlgate.toml",
         hide_env_values = true
@@ -144,7 +145,14 @@ const EXIT_INVALID_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    if !matches!(command, Command::Serve(_)) {
+        // A one-shot command piped into `head` ends quietly, as Unix tools do, instead of
+        // panicking on the closed pipe (Rust ignores SIGPIPE; `serve` must, for its sockets).
+        // SAFETY: restores the default action of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
         Command::Key(KeyCommand::New) => key_new(),
@@ -318,26 +326,6 @@ impl Drop for PidFile {
     }
 }
 
-/// Sends SIGHUP to the process named in `pid_file`; its pid.
-fn send_hangup(pid_file: &std::path::Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(pid_file)
-        .map_err(|e| format!("cannot read the pid file {}: {e}", pid_file.display()))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&pid| pid > 0)
-        .ok_or_else(|| format!("{} does not hold a process id", pid_file.display()))?;
-    // SAFETY: kill(2) with a positive pid signals that one process; no memory is involved.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(format!(
-            "cannot signal process {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(pid)
-}
-
 fn reload(args: &ConfigArg) -> ExitCode {
     let config = match load(args) {
         Ok(config) => config,
@@ -351,7 +339,7 @@ fn reload(args: &ConfigArg) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    match send_hangup(pid_file) {
+    match cli::send_hangup(pid_file) {
         Ok(pid) => {
             println!(
                 "sent SIGHUP to kqlgate (pid {pid}): it reloads {}",

@@ -14,6 +14,7 @@ use notify::Watcher;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::config::{problem, Config, ConfigError};
 use crate::gateway::Gateway;
 
 /// Events of one change (an editor's write-and-rename, a ConfigMap swap) arrive in a burst…
@@ -119,7 +120,7 @@ async fn reload_loop(
 /// Validates and swaps in the file at `path`; whether it was taken.
 fn reload(gateway: &Gateway, path: &Path, cause: Cause) -> bool {
     let started = Instant::now();
-    let config = match crate::check_config(path) {
+    let config = match check_config(path) {
         Ok(config) => config,
         Err(error) => {
             tracing::error!(
@@ -163,4 +164,25 @@ fn reload(gateway: &Gateway, path: &Path, cause: Cause) -> bool {
 fn content_hash(path: &Path) -> Option<[u8; 32]> {
     let content = std::fs::read(path).ok()?;
     Some(Sha256::digest(content).into())
+}
+
+/// Loads and validates a config file as `kqlgate check`, `serve` and every reload do: the file's
+/// keys and values, and the TLS certificate and key it names.
+pub fn check_config(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    if let Some(files) = tls_files(&config) {
+        crate::tls::check(&files).map_err(|e| problem("server.tls_cert", format!("{e:#}")))?;
+    }
+    Ok(config)
+}
+
+pub fn tls_files(config: &Config) -> Option<crate::tls::TlsFiles> {
+    config
+        .server
+        .tls
+        .as_ref()
+        .map(|(cert, key)| crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
 }

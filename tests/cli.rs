@@ -227,7 +227,7 @@ fn tenant_subcommands_edit_the_demo_config_in_place() {
     assert_ne!(second_key, key);
     assert!(tenant(&["list"])
         .1
-        .contains("northwind -> main/33333333-3333-3333-3333-333333333333 role=Viewer keys=2"));
+        .contains("northwind -> main/33333333-3333-3333-3333-333333333333 role=viewer keys=2"));
     let (code, _, err) = tenant(&["revoke-key", "northwind", "--older-than-newest"]);
     assert_eq!(code, Some(0), "{err}");
     let text = std::fs::read_to_string(&path).unwrap();

@@ -35,14 +35,66 @@ pub fn summary(config: &Config) -> String {
     for cluster in &config.clusters {
         let _ = writeln!(
             out,
-            "  {} {} auth={} timeout={}s enforce_request_properties={} restrict_statement={}",
+            "  {} {} auth={} timeout={}s enforce_request_properties={} restrict_statement={} max_concurrent={} queue_timeout={}ms",
             cluster.name,
             cluster.url,
             cluster.credential.kind_name(),
             cluster.timeout.as_secs(),
             cluster.enforce_request_properties,
-            cluster.restrict_statement
+            cluster.restrict_statement,
+            cluster
+                .max_concurrent
+                .map_or("unlimited".to_string(), |n| n.to_string()),
+            cluster.queue_timeout.as_millis(),
         );
+    }
+    match &config.limits.redis {
+        None => out.push_str(
+            "limits: local (each replica its own)
+",
+        ),
+        Some(redis) => {
+            let _ = writeln!(
+                out,
+                "limits: redis {} key_prefix {:?} timeout {}ms on_redis_failure={} replicas_hint={} lease {}s",
+                redis.url,
+                redis.key_prefix,
+                redis.timeout.as_millis(),
+                redis.on_failure.name(),
+                redis.replicas_hint,
+                redis.lease.as_secs()
+            );
+        }
+    }
+    match &config.admin {
+        Some(admin) => {
+            let _ = writeln!(out, "admin: {} (/metrics, /healthz, /readyz)", admin.listen);
+        }
+        None => out.push_str(
+            "admin: off (no metrics)
+",
+        ),
+    }
+    match &config.audit {
+        Some(audit) => {
+            let sink = match &audit.sink {
+                kqlgate::config::AuditSink::Stderr => "stderr".to_string(),
+                kqlgate::config::AuditSink::File(path) => path.display().to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "audit: {sink} (query text {})",
+                if audit.include_query_text {
+                    "included"
+                } else {
+                    "hashed"
+                }
+            );
+        }
+        None => out.push_str(
+            "audit: off
+",
+        ),
     }
     let _ = writeln!(out, "tenants ({}):", config.tenants.len());
     for tenant in config.tenants.iter().take(SHOWN) {
@@ -65,11 +117,11 @@ pub fn tenant_line(tenant: &Tenant) -> String {
         .max_concurrent
         .map_or("unlimited".to_string(), |n| n.to_string());
     format!(
-        "{} -> {}/{} role={:?} keys={} aliases={} rate={} concurrent={}",
+        "{} -> {}/{} role={} keys={} aliases={} rate={} concurrent={}",
         tenant.id,
         tenant.cluster,
         tenant.database,
-        tenant.role,
+        format!("{:?}", tenant.role).to_lowercase(),
         tenant.key_hashes.len(),
         tenant.database_names.len() - 1,
         rate,

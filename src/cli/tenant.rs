@@ -320,7 +320,7 @@ fn write_in_place(path: &Path, text: &str) -> Result<(), String> {
 /// Tells the running process, if the config names its pid file, and says how it reloads.
 fn signal_running(config: &Config) -> String {
     match &config.server.pid_file {
-        Some(pid_file) => match crate::send_hangup(pid_file) {
+        Some(pid_file) => match super::send_hangup(pid_file) {
             Ok(pid) => format!("sent SIGHUP to kqlgate (pid {pid}) to reload it"),
             Err(why) => format!("{why}; a running kqlgate with watch_config reloads it by itself"),
         },

@@ -254,6 +254,23 @@ impl ServerSettings {
         );
         check("server.pid_file", self.pid_file != new.pid_file);
         check("server.watch_config", self.watch_config != new.watch_config);
+        // Load shedding and the drain read these once, at start.
+        check(
+            "server.max_in_flight",
+            self.max_in_flight != new.max_in_flight,
+        );
+        check(
+            "server.memory_limit_bytes",
+            self.memory_limit_bytes != new.memory_limit_bytes,
+        );
+        check(
+            "server.shed_at_percent",
+            self.shed_at_percent != new.shed_at_percent,
+        );
+        check(
+            "server.shutdown_grace_seconds",
+            self.shutdown_grace != new.shutdown_grace,
+        );
         changed
     }
 }

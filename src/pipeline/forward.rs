@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::endpoint::Endpoint;
-use crate::error::{error_chain, is_timeout, ProxyError};
+use crate::error::{error_chain, is_timeout, ProxyError, StreamTimedOut};
 use crate::headers;
 use crate::pipeline::BoxError;
 use crate::services::upstream::{Pool, Upstream};
@@ -222,11 +222,6 @@ pub struct DeadlineBody<B> {
     // Boxed so the body stays `Unpin` (hyper's bodies are moved about freely).
     deadline: Pin<Box<Sleep>>,
 }
-
-/// The error a body yields when its deadline passes mid-stream.
-#[derive(Debug, thiserror::Error)]
-#[error("the answer did not finish within the proxy's limit")]
-pub struct StreamTimedOut;
 
 impl<B> Body for DeadlineBody<B>
 where

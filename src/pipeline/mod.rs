@@ -1,8 +1,9 @@
 //! The request pipeline, one stage per module, in the order a request meets them:
 //!
 //! ```text
-//! route → authenticate → admit (rate) → read body → read query → resolve database → guard
-//!       → admit (in flight) → cluster credential → forward → respond     … then one log line
+//! route → shed load → authenticate → admit (rate, room) → read body → read query
+//!       → resolve database → guard → admit (tenant in flight, cluster cap)
+//!       → cluster credential → forward → respond                       … then one log line
 //! ```
 //!
 //! [`handle`] is the outer shell: it starts the access-log record, runs [`handle_inner`], and is
@@ -37,9 +38,7 @@ use crate::headers;
 use crate::services::cost;
 use route::Route;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Every response body: streamed from the cluster, or a small JSON document of our own.
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::body::{BoxError, ProxyBody};
 
 /// Answers one request; `worker` is the event loop it runs on (it picks the upstream pool).
 pub async fn handle<B>(

@@ -281,7 +281,10 @@ impl Authenticator {
                     Ok(Err(wait)) => worst = worst.max(Some(wait)),
                     Err(Unavailable) => match shared.fallback("signin") {
                         OnRedisFailure::Allow => return Ok(()),
-                        OnRedisFailure::Deny => return Err(ProxyError::limits_unavailable()),
+                        OnRedisFailure::Deny => {
+                            self.metrics.signin_refused("limits_unavailable");
+                            return Err(ProxyError::limits_unavailable());
+                        }
                         // The local budgets hold this replica's share.
                         OnRedisFailure::Local => {
                             return self
@@ -346,7 +349,10 @@ impl Authenticator {
                     Ok(decision) => decision,
                     Err(Unavailable) => match shared.fallback("signin_ceiling") {
                         OnRedisFailure::Allow => Ok(()),
-                        OnRedisFailure::Deny => return Err(ProxyError::limits_unavailable()),
+                        OnRedisFailure::Deny => {
+                            self.metrics.signin_refused("limits_unavailable");
+                            return Err(ProxyError::limits_unavailable());
+                        }
                         OnRedisFailure::Local => self
                             .uncached_checks
                             .take(self.clock.elapsed(), shared.share_rate(global)),
@@ -494,8 +500,6 @@ fn still_valid(snapshot: &Snapshot, verified: &Verified) -> Option<Caller> {
         })
 }
 
-/// A hash with the same cost parameters as the first configured key, so an unknown tenant
-/// takes as long to refuse as a wrong key.
 /// The Redis key of a network's failure budget.
 fn network_key(shared: &SharedLimits, network: Network) -> String {
     let family = if network.1 { "v6" } else { "v4" };
@@ -514,6 +518,8 @@ fn name_key(shared: &SharedLimits, name: &str) -> String {
     )
 }
 
+/// A hash with the same cost parameters as the first configured key, so an unknown tenant
+/// takes as long to refuse as a wrong key.
 fn decoy_hash(params: argon2::Params) -> PasswordHashString {
     let hasher = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);

@@ -6,8 +6,8 @@
 //! turned away, a tenant at or above its share (cap ÷ tenants wanting the cluster) is refused
 //! while the others wait, so a flooding tenant cannot take every freed place. The cap itself
 //! adapts to the cluster: a 429 from it halves the cap (at most once per
-//! [`DECREASE_SPACING`]), each answer that is not a 429 raises it by 1/cap, back to
-//! `max_concurrent` (AIMD, as TCP does for congestion).
+//! [`DECREASE_SPACING`]), each successful (2xx) answer raises it by 1/cap, back to
+//! `max_concurrent` (AIMD, as TCP does for congestion); other failures change nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -116,7 +116,12 @@ pub const REFUSAL_REASONS: [&str; 9] = [
 ];
 
 /// Why a sign-in was refused before its key was checked (`kqlgate_signin_refusals_total`).
-pub const SIGNIN_REFUSALS: [&str; 3] = ["failure_budget", "global_ceiling", "busy"];
+pub const SIGNIN_REFUSALS: [&str; 4] = [
+    "failure_budget",
+    "global_ceiling",
+    "busy",
+    "limits_unavailable",
+];
 
 /// How an upstream exchange failed (`kqlgate_upstream_errors_total{kind}`).
 pub const UPSTREAM_ERRORS: [&str; 5] = ["connect", "timeout", "reset", "5xx", "retried"];
