@@ -4,9 +4,9 @@
 //!
 //! | role | commands |
 //! |---|---|
-//! | viewer | `.show tables`, `.show table T …`, `.show database [own] schema …`, `.show database own policy …`, `.show functions`, `.show function F`, `.show materialized-views` |
+//! | viewer | `.show tables [details]`, `.show table T` and its schema, details, extents, policies, ingestion mappings and statistics, `.show table * policy …`, `.show database [own] schema …`, `.show database own policy …`, `.show functions`, `.show function F [schema as json]`, `.show materialized-views [details]` |
 //! | admin | also `.alter`/`.alter-merge table T policy caching\|retention …`, `.alter`/`.alter-merge database own policy caching\|retention …`, `.create`/`.create-merge`/`.alter table T (…)`, `.drop table T`, `.create-or-alter function …` (its body goes through the query policy) |
-//! | nobody | everything else: cluster scope, other databases, principals and roles, `.show databases`, `.show queries`, `.show commands`, `.show journal`, `.show cluster …`, `.cancel query`, ingestion, export |
+//! | nobody | everything else: cluster scope, other databases, principals and roles (of the database, a table or a function), `.show databases`, `.show queries`, `.show commands`, `.show journal`, `.show cluster …`, `.cancel query`, ingestion, export |
 //!
 //! A `.show` command may be followed by `| query`, which goes through the query policy.
 //! A database named in a command must be the tenant's own; an alias is rewritten to the GUID.
@@ -17,6 +17,28 @@ use super::{query_policy, Edit, Options, Refusal, Role, Scope, Source};
 /// Why commands outside the allow-list are refused: everything runs as one identity.
 const NOT_ALLOWED: &str =
     "is not allowed through kqlgate (it reaches beyond this tenant's database)";
+
+/// What `.show table T` may show (the first word after the table, from Kusto.Language's
+/// command grammar): its schema (`schema as json`, `cslschema`), `details`, `extents`, a
+/// `policy …`, `ingestion … mappings`, `data statistics`, `column statistics`, `columns
+/// classification`, `dimensions`, row stores, `operations mirroring-…`. Not `principals` or
+/// `principal roles`.
+const SHOW_TABLE: &[&str] = &[
+    "schema",
+    "cslschema",
+    "details",
+    "extents",
+    "policy",
+    "ingestion",
+    "data",
+    "column",
+    "columns",
+    "dimensions",
+    "rowstores",
+    "rowstore_references",
+    "rowstore_sealinfo",
+    "operations",
+];
 
 pub fn check(
     source: &Source,
@@ -47,11 +69,16 @@ pub fn check(
         }
     };
     let rest = match (verb.as_str(), object.as_str()) {
-        ("show", "tables") => parser.names_list(at),
+        ("show", "tables") => parser
+            .names_list(at)
+            .and_then(|at| parser.show_what(at, &["details", "column"])),
         ("show", "table") => parser.show_table(at),
         ("show", "database") => parser.show_database(at),
-        ("show", "functions" | "materialized-views") => Ok(at),
-        ("show", "function") => parser.table_name(at),
+        ("show", "functions") => parser.show_what(at, &[]),
+        ("show", "materialized-views") => parser.show_what(at, &["details"]),
+        ("show", "function") => parser
+            .table_name(at)
+            .and_then(|at| parser.show_what(at, &["schema"])),
         ("alter" | "alter-merge", "table") => {
             admin_only(&parser)?;
             parser.alter_table(at, verb == "alter")
@@ -182,9 +209,40 @@ impl Command<'_, '_> {
         }
     }
 
-    /// `.show table T …`: schema, details, extents, policies of one table.
+    /// `.show table T …`: schema, details, extents, policies, ingestion mappings and statistics
+    /// of one table; `.show table * policy …` of every table of the database. Not its
+    /// principals or roles.
     fn show_table(&mut self, at: usize) -> Result<usize, Refusal> {
-        self.table_name(at)
+        let every_table = self.source.is_punct(at, '*');
+        let at = self.table_name(at)?;
+        if every_table {
+            return self.show_what(at, &["policy", "operations"]);
+        }
+        self.show_what(at, SHOW_TABLE)
+    }
+
+    /// What a `.show` command shows of its object: the object itself (nothing more, or a
+    /// `| query`, left to [`Self::tail`] with a `<|`), or what a first word from `allowed`
+    /// names. Anything else is refused, so a command Kusto adds for an object (or its
+    /// principals and roles) does not pass unseen.
+    fn show_what(&self, at: usize, allowed: &[&str]) -> Result<usize, Refusal> {
+        let source = self.source;
+        if at >= source.tokens.len() || source.is_punct(at, '|') || source.is_punct(at, '<') {
+            return Ok(at);
+        }
+        let word = source.word(at).unwrap_or_default();
+        if allowed.iter().any(|w| word.eq_ignore_ascii_case(w)) {
+            return Ok(at + 1);
+        }
+        let reason = if ["principals", "principal"]
+            .iter()
+            .any(|w| word.eq_ignore_ascii_case(w))
+        {
+            "is not allowed through kqlgate (it lists principals and roles, which kqlgate does not show)"
+        } else {
+            NOT_ALLOWED
+        };
+        Err(self.refuse(at, reason))
     }
 
     /// `.show database [own] schema …` or `.show database own policy …`.
@@ -322,5 +380,93 @@ impl Command<'_, '_> {
             }
         }
         Err(self.refuse(i, "has an unclosed with (…) clause"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kql::{guard, Options, Role, Scope};
+
+    const OWN: &str = "11111111-1111-1111-1111-111111111111";
+
+    fn check(text: &str, role: Role) -> Result<(), String> {
+        let names = [OWN.to_string(), "samples".to_string()];
+        let scope = Scope {
+            database: OWN,
+            database_names: &names,
+        };
+        guard(text, &scope, role, Options::default())
+            .map(|_| ())
+            .map_err(|r| r.to_string())
+    }
+
+    /// `.show table T` and `.show function F` used to take any words after the name, so
+    /// `.show table T principals` listed the cluster's principals to any viewer. What may follow
+    /// is now the list of what Kusto shows of a table or function; everything else is refused.
+    #[test]
+    fn show_commands_show_only_what_the_list_names() {
+        for text in [
+            ".show table StormEvents",
+            ".show table StormEvents details",
+            ".show table StormEvents schema as json",
+            ".show table StormEvents cslschema",
+            ".show table StormEvents extents hot",
+            ".show table StormEvents policy update",
+            ".show table StormEvents ingestion json mappings",
+            ".show table StormEvents data statistics",
+            ".show table StormEvents column statistics",
+            ".show table StormEvents columns classification",
+            ".show table StormEvents dimensions",
+            ".show table StormEvents operations mirroring-status",
+            ".SHOW TABLE StormEvents DETAILS",
+            ".show table * policy caching",
+            ".show table StormEvents | project AttributeName",
+            ".show tables details",
+            ".show tables (StormEvents) details",
+            ".show function EventsIn",
+            ".show function EventsIn schema as json",
+            ".show functions | where Name has 'x'",
+            ".show materialized-views details",
+        ] {
+            for role in [Role::Viewer, Role::Admin] {
+                assert_eq!(check(text, role), Ok(()), "{text}");
+            }
+        }
+        for (text, fragment) in [
+            (".show table StormEvents principals", "principals and roles"),
+            (
+                ".show table StormEvents principal roles",
+                "principals and roles",
+            ),
+            (".show table StormEvents PRINCIPALS", "principals and roles"),
+            (".show function EventsIn principals", "principals and roles"),
+            (
+                ".show function EventsIn principal roles",
+                "principals and roles",
+            ),
+            (".show table StormEvents usage statistics", "is not allowed"),
+            (".show table StormEvents journal", "is not allowed"),
+            (".show table * details", "is not allowed"),
+            (".show table * principals", "principals and roles"),
+            (".show functions principals", "principals and roles"),
+            (".show tables principals", "principals and roles"),
+            (
+                ".show materialized-views principals",
+                "principals and roles",
+            ),
+            (
+                ".show table StormEvents <| print 1",
+                "may not take a query as input",
+            ),
+            (".show table StormEvents ['principals']", "is not allowed"),
+            (".show table StormEvents 'details'", "is not allowed"),
+            (".show table StormEvents - principals", "is not allowed"),
+            (".show function EventsIn = x", "is not allowed"),
+        ] {
+            for role in [Role::Viewer, Role::Admin] {
+                let refusal = check(text, role).expect_err(text);
+                assert!(refusal.contains(fragment), "{text}: {refusal}");
+            }
+        }
     }
 }

@@ -209,9 +209,19 @@ const TIMESPAN_UNITS: &[&str] = &[
 ];
 
 /// What an unquoted raw value may hold; anything else (a quote, a comment, a bracket…) is
-/// refused, as a raw scan and a token-by-token reading would disagree.
+/// refused, as a raw scan and a token-by-token reading would disagree. Kusto's whitespace other
+/// than line breaks (a tab or U+3000 pasted into `datetime(2024-01-01\t10:00)`) separates
+/// nothing differently in either reading, so it is taken too.
 fn is_raw_value_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | ':' | '.' | '+' | '*' | ',' | '_')
+    c.is_ascii_alphanumeric()
+        || matches!(c, '-' | ':' | '.' | '+' | '*' | ',' | '_')
+        || is_raw_blank(c)
+}
+
+/// Whitespace inside a typed literal's parentheses: Kusto's whitespace, but not a line break,
+/// which ends the raw scan (`TokenParser.ScanGoo`).
+fn is_raw_blank(c: char) -> bool {
+    is_whitespace(c) && !matches!(c, '\n' | '\r')
 }
 
 /// What a quoted raw value (`datetime("2015-01-01")`, as the docs write it) may hold between
@@ -222,6 +232,43 @@ fn is_quoted_raw_value_char(c: char) -> bool {
         c,
         '\'' | '"' | '\\' | ')' | '\n' | '\r' | '\u{2028}' | '\u{2029}'
     )
+}
+
+/// Whether the parentheses of a formerly raw keyword (`typeof(`, after its `(`), spread over
+/// lines, read the same both ways (see [`FORMERLY_RAW_KEYWORDS`]):
+/// ```text
+/// | mv-expand Tags to typeof(
+///     string)
+/// | mv-apply v = Values to typeof(real // in metres
+///     ) on (…)
+/// ```
+/// Raw-value characters, line breaks, and `//` comments that hold no `)`, up to the `)`. A raw
+/// scan (to the first `)`, or to the line end when it stops there) then takes in nothing but
+/// what the token reading also leaves out or reads as plain names, and ends where it does.
+fn formerly_raw_over_lines(body: &str) -> bool {
+    let mut rest = body;
+    loop {
+        let Some(c) = rest.chars().next() else {
+            return false; // never closed
+        };
+        if c == ')' {
+            return true;
+        }
+        if rest.starts_with("//") {
+            let end = rest
+                .find(['\n', '\r', '\u{2028}', '\u{2029}'])
+                .unwrap_or(rest.len());
+            let ended_by_newline = rest[end..].starts_with(['\n', '\r']);
+            if rest[..end].contains(')') || !ended_by_newline {
+                return false;
+            }
+            rest = &rest[end..];
+        } else if is_raw_value_char(c) || c == '\n' || c == '\r' {
+            rest = &rest[c.len_utf8()..];
+        } else {
+            return false;
+        }
+    }
 }
 
 /// `8-4-4-4-12` hex digits: Kusto's raw GUID token, taken before identifiers and numbers.
@@ -251,6 +298,8 @@ struct Lexer<'a> {
     tokens: Vec<Token>,
     keep_comments: bool,
     depth: usize,
+    /// Inside a bracketed name (`['…']`), where `\0` is refused: a name has no use for NUL.
+    in_name: bool,
 }
 
 impl<'a> Lexer<'a> {
@@ -261,6 +310,7 @@ impl<'a> Lexer<'a> {
             tokens: Vec::new(),
             keep_comments,
             depth: 0,
+            in_name: false,
         }
     }
 
@@ -392,7 +442,11 @@ impl<'a> Lexer<'a> {
             self.push(TokenKind::Number, start)
         } else if FORMERLY_RAW_KEYWORDS.contains(&name) && self.peek() == Some('(') {
             let keyword_end = self.pos;
-            self.raw_value(start)?;
+            if let Err(e) = self.raw_value(start) {
+                if !formerly_raw_over_lines(&self.rest()[1..]) {
+                    return Err(e);
+                }
+            }
             self.pos = keyword_end;
             self.push(TokenKind::Ident, start)
         } else if matches!(name, "h" | "H") && self.starts_literal() {
@@ -414,15 +468,17 @@ impl<'a> Lexer<'a> {
     /// either unquoted (`2020-01-01 10:00`) or one quoted string (`"2015-01-01"`).
     fn raw_value(&mut self, start: usize) -> Result<(), LexError> {
         let body = &self.rest()[1..];
-        let end = match body.trim_start_matches(' ').chars().next() {
+        let end = match body.trim_start_matches(is_raw_blank).chars().next() {
             Some(quote @ ('\'' | '"')) => {
-                let lead = body.len() - body.trim_start_matches(' ').len();
+                let lead = body.len() - body.trim_start_matches(is_raw_blank).len();
                 let inside = &body[lead + 1..];
                 let close = inside.find(|c: char| !is_quoted_raw_value_char(c));
                 match close {
                     Some(i) if inside[i..].starts_with(quote) => {
                         let after = lead + 1 + i + 1;
-                        after + (body[after..].len() - body[after..].trim_start_matches(' ').len())
+                        after
+                            + (body[after..].len()
+                                - body[after..].trim_start_matches(is_raw_blank).len())
                     }
                     _ => {
                         return error(
@@ -631,6 +687,15 @@ impl<'a> Lexer<'a> {
                 }
             }
             'x' => self.hex_digits(2).ok_or_else(malformed)?,
+            // `\0` alone (`replace_string(s, "\0", "")`): Kusto's lexer and decoder both read
+            // NUL when no digit follows (`ScanOctalCode`, `DecodeOctal`, whose digits are
+            // `Char.IsDigit`); a digit after it is an octal sequence, refused below.
+            '0' if !self.peek().is_some_and(char::is_numeric) => {
+                if self.in_name {
+                    return error("the escape \\0 (NUL) has no place in a name", escape_at);
+                }
+                0
+            }
             // Kusto's lexer and its decoder disagree on these (`\\400`, `\\U00000041`), so
             // what the cluster would read is not certain: refuse them.
             'U' | '0'..='7' => {
@@ -671,7 +736,14 @@ impl<'a> Lexer<'a> {
     }
 
     /// After `[`: joined literals and `]`, the name decoded into `name` when one is given.
-    fn bracketed_name(&mut self, mut name: Option<&mut String>) -> Result<bool, LexError> {
+    fn bracketed_name(&mut self, name: Option<&mut String>) -> Result<bool, LexError> {
+        self.in_name = true;
+        let found = self.bracketed_name_literals(name);
+        self.in_name = false;
+        found
+    }
+
+    fn bracketed_name_literals(&mut self, mut name: Option<&mut String>) -> Result<bool, LexError> {
         let mut literals = 0;
         loop {
             self.skip_blank();
@@ -1006,6 +1078,8 @@ mod tests {
             "print d=datetime('a\\') | union database('o').T //')",
             "print d=datetime('a'b') | union database('o').T //')",
             "print g=guid(x\ny)",
+            "print d=datetime(2024-01-01\u{2028}10:00)",
+            "print d=datetime(2024-01-01\r10:00)",
             "T | extend x$ = 1",
         ] {
             refused(text);
@@ -1020,6 +1094,10 @@ mod tests {
             "datetime(\"2015-01-01\")",
             "datetime('2009-01-01')",
             "datetime( '2009-01-01 10:00' )",
+            "datetime(2024-01-01\t10:00)",
+            "datetime(\t\"2024-01-01\"\u{3000})",
+            "timespan(\u{3000}1d\u{3000})",
+            "datetime(2024-01-01\u{a0}10:00\u{200b})",
             "datetime(\"2015-01-01T10:00:00Z\")",
             "guid(74be27de-1e4e-49d9-b579-fe0b331d3642)",
             "timespan(1.02:03:04)",
@@ -1043,7 +1121,29 @@ mod tests {
         assert_eq!(strings(r"'\uD83D\uDE00'"), ["\u{1F600}"]);
         assert_eq!(strings(r"'\x41\u0042'"), ["AB"]);
         // Octal and \U escapes are read differently by Kusto's lexer and decoder: refused.
-        for text in [r"'\0'", r"'\12'", r"'\101'", r"'\400'", r"'\U00000041'"] {
+        for text in [r"'\12'", r"'\101'", r"'\400'", r"'\U00000041'"] {
+            refused(text);
+        }
+    }
+
+    /// `\0` with no digit after it is NUL to Kusto's lexer and decoder alike: everyday in
+    /// hunting queries (`replace_string(decoded, "\0", "")` strips UTF-16 padding). Followed by
+    /// a digit (any Unicode digit, as `Char.IsDigit` counts them) it is an octal sequence the
+    /// two read differently, and a name has no use for NUL: those stay refused.
+    #[test]
+    fn a_lone_backslash_zero_is_nul() {
+        assert_eq!(strings(r#"replace_string(s, "\0", "")"#), ["\0", ""]);
+        assert_eq!(strings(r"'a\0b\0'"), ["a\0b\0"]);
+        assert_eq!(strings(r"h'\0 x'"), ["\0 x"]);
+        for text in [
+            r"'\00'",
+            r"'\01'",
+            r"'\08'",
+            r"'\09'",
+            "'\\0\u{663}'",
+            r"T | project ['a\0']",
+            r"['data\0base']('o').T",
+        ] {
             refused(text);
         }
     }
@@ -1073,7 +1173,33 @@ mod tests {
             tokens("typeof(a:string)")[..3],
             [ident("typeof"), (Punct, "(".into()), ident("a")]
         );
+        // Kusto's whitespace separates nothing differently in either reading.
+        assert_eq!(
+            tokens("typeof( \u{2008}long\t)")[..3],
+            [ident("typeof"), (Punct, "(".into()), ident("long")]
+        );
         refused("print typeof('x) | union database('o').T //')");
+        // Over lines: raw-value characters, line breaks and comments without `)` only.
+        for text in [
+            "T | mv-expand x to typeof(\n  real)",
+            "T | mv-expand x to typeof(real // \"quoted\", it's\n)",
+            "T | mv-expand x to typeof(\r\n\tlong // unit\r\n  )",
+        ] {
+            assert_eq!(
+                tokens(text)[7..9],
+                [ident("typeof"), (Punct, "(".into())],
+                "{text}"
+            );
+        }
+        for text in [
+            "print typeof(real // ) | union database('o').T\n)",
+            "print typeof(real, ```\n) | union database('o').T //```)",
+            "print typeof(real // comment\u{2028}) | union database('o').T",
+            "print typeof(real // never closed",
+            "print typeof(\nreal",
+        ] {
+            refused(text);
+        }
         refused("print uuid(// ) database('o')\n)");
     }
 

@@ -50,16 +50,9 @@ export function parserCatalogue() {
     option: toArray(K.Options.All).map((o) => o.Name),
     internal: toArray(K.KustoFacts.KnownInternalFunctionNames),
   };
-  const seen = new Set();
-  const entries = [];
-  for (const kind of KINDS) {
-    for (const name of names[kind]) {
-      if (seen.has(key(kind, name))) continue;
-      seen.add(key(kind, name));
-      entries.push({ kind, name });
-    }
-  }
-  return entries.sort((a, b) => compare(a.kind, b.kind) || compare(a.name, b.name));
+  // Keyed by kind and name so that a name listed twice by the parser is one entry.
+  const entries = new Map(KINDS.flatMap((kind) => names[kind].map((name) => [key(kind, name), { kind, name }])));
+  return [...entries.values()].sort((a, b) => compare(a.kind, b.kind) || compare(a.name, b.name));
 }
 
 /** Why a class column is malformed, or null: allow | rule:<name> | refuse:<category>. */

@@ -38,13 +38,29 @@ const F = K.Functions;
 const SF = K.Syntax.SyntaxFacts;
 
 /**
- * Control commands a text may be (Kusto.Language's CommandSymbol names): `.show tables`,
- * `.show table T` with its schema, details and named-table policies, `.show database [tenant]
- * schema …`, `.show functions`, `.show function F`, `.show materialized-views`.
+ * Control commands a text may be (Kusto.Language's CommandSymbol names): what kqlgate's viewer
+ * policy (src/kql/command_policy.rs) lets through, each of them metadata of the tenant's own
+ * database and its entities:
+ *   - `.show tables [(T, …)] [details | column statistics …]`;
+ *   - `.show table T` with its schema (`schema as json`, `cslschema`), `details`, `extents`,
+ *     `ingestion … mappings`, data / column statistics, `columns classification`,
+ *     `dimensions`, row stores, mirroring operations and every `policy …`; `.show table *
+ *     policy …` and `.show table * operations mirroring-status` (every table of the database);
+ *   - `.show database [tenant] schema …` / `cslschema …` and `.show database [tenant] policy …`;
+ *   - `.show functions`, `.show function F [schema as json]`;
+ *   - `.show materialized-views [details]`.
+ * Principals and roles (ShowTablePrincipals, ShowFunctionPrincipalRoles, …) are not here:
+ * they list the cluster's identities, and kqlgate refuses them.
  */
 export const ALLOWED_COMMANDS = new Set([
-  'ShowTables',
+  'ShowTables', 'ShowTablesDetails', 'ShowTablesColumnStatistics',
   'ShowTable', 'ShowTableDetails', 'ShowTableCslSchema', 'ShowTableSchemaAsJson',
+  'ShowTableExtents', 'ShowTableExtentsMetadata',
+  'ShowTableIngestionMappings', 'ShowTableIngestionMapping',
+  'ShowTableDataStatistics', 'ShowTableColumnStatitics', 'ShowTableColumnsClassification',
+  'ShowTableDimensions', 'ShowTableRowStores', 'ShowTableRowStoreReferences', 'ShowTableRowStoreSealInfo',
+  'ShowTableOperationsMirroringStatus', 'ShowTableOperationsMirroringExportedArtifacts',
+  'ShowTableOperationsMirroringFailures',
   'ShowTablePolicyCaching', 'ShowTablePolicyIngestionTime', 'ShowTablePolicyRowId',
   'ShowTablePolicyRetention', 'ShowTablePolicyRowLevelSecurity', 'ShowTablePolicyRowOrder',
   'ShowTablePolicyUpdate', 'ShowTablePolicyIngestionBatching', 'ShowTablePolicyEncoding',
@@ -52,10 +68,21 @@ export const ALLOWED_COMMANDS = new Set([
   'ShowTablePolicyRestrictedViewAccess', 'ShowTablePolicySharding',
   'ShowTablePolicyStreamingIngestion', 'ShowTablePolicyAutoDelete',
   'ShowTablePolicyExtentTagsRetention',
+  'ShowTableStarPolicyCaching', 'ShowTableStarPolicyIngestionTime', 'ShowTableStarPolicyRetention',
+  'ShowTableStarPolicyRowLevelSecurity', 'ShowTableStarPolicyRowOrder', 'ShowTableStarPolicyUpdate',
+  'ShowTableStarPolicyIngestionBatching', 'ShowTableStarPolicyMerge', 'ShowTableStarPolicyMirroring',
+  'ShowTableStarPolicyPartitioning', 'ShowTableStarPolicyRestrictedViewAccess',
+  'ShowTableStarPolicySharding', 'ShowTableStarPolicyExtentTagsRetention',
   'ShowDatabaseSchema', 'ShowDatabaseSchemaAsJson', 'ShowDatabaseSchemaAsCslScript',
-  'ShowDatabaseCslSchema',
-  'ShowFunctions', 'ShowFunction',
-  'ShowMaterializedViews',
+  'ShowDatabaseCslSchema', 'ShowDatabaseSchemaViolations',
+  'ShowDatabasePolicyCaching', 'ShowDatabasePolicyRetention',
+  'ShowDatabasePolicyHardRetentionViolations', 'ShowDatabasePolicySoftRetentionViolations',
+  'ShowDatabasePolicyIngestionBatching', 'ShowDatabasePolicyEncoding', 'ShowDatabasePolicyMerge',
+  'ShowDatabasePolicySharding', 'ShowDatabasePolicyShardsGrouping',
+  'ShowDatabasePolicyStreamingIngestion', 'ShowDatabasePolicyManagedIdentity',
+  'ShowDatabasePolicyDiagnostics', 'ShowDatabasePolicyExtentTagsRetention',
+  'ShowFunctions', 'ShowFunction', 'ShowFunctionSchemaAsJson',
+  'ShowMaterializedViews', 'ShowMaterializedViewsDetails',
 ]);
 
 /** Entity functions whose constant argument names an entity of the database in scope. */
@@ -68,6 +95,7 @@ const ALWAYS_OUTSIDE = new Map([
   [F.EntityGroup, 'uses a stored entity group, which may name other databases'],
 ]);
 
+/** Syntax that always leaves the tenant's database. */
 const NODES_OUTSIDE = new Map([
   [SK.ExternalDataExpression, 'reads external storage'],
   [SK.InlineExternalTableExpression, 'reads external storage'],
@@ -148,12 +176,8 @@ function leadingCommand(root) {
 export function createOracle({ schema, table }) {
   // Building the GlobalState is the costly part; one per oracle, reused by every analyse.
   const globals = globalState(schema);
-  const context = {
-    globals,
-    tenant: globals.Database,
-    classOf: classifier(table),
-    refusedKeywords: refusedKeywordKinds(classifier(table)),
-  };
+  const classOf = classifier(table);
+  const context = { globals, tenant: globals.Database, classOf, refusedKeywords: refusedKeywordKinds(classOf) };
   return {
     globals,
     analyse(text) {
@@ -365,7 +389,12 @@ class Analysis {
     if (cls !== 'allow') this.report(statement, ctx, `sets option ${name} (${cls ?? 'not in the table'})`);
   }
 
-  /** macro-expand over an inline `entity_group [...]` or one a `let` of this query declares. */
+  /**
+   * macro-expand over an inline `entity_group [...]` or one a `let` of this query declares.
+   * Its members are checked where the group is written. The binder also binds the body once
+   * per further member (StatementList.Alternates); those are not walked, because a member is a
+   * tabular entity, so the bindings differ only in which member the scope name stands for.
+   */
   checkMacroExpand(node, ctx) {
     const group = node.EntityGroup;
     if (group?.Kind === SK.EntityGroupExpression) return;
@@ -382,6 +411,10 @@ class Analysis {
       return;
     }
     for (const db of databaseNames(command)) {
+      if (db.Kind !== SK.NameReference) {
+        this.report(db, ctx, 'names an entity by a path the oracle cannot resolve');
+        continue;
+      }
       // Commands name databases by Name only in Kusto.Language (an alias stays unresolved);
       // Kusto itself accepts the pretty name too, compared without case as database() does.
       if (db.ReferencedSymbol != null) continue; // a resolved database: checkSymbol decides
@@ -429,7 +462,10 @@ function calledUserFunction(node) {
   return fn;
 }
 
-/** The NameReference nodes of a command that fill a DatabaseName slot of its grammar. */
+/**
+ * The nodes of a command that name a database: NameReferences filling a DatabaseName slot of
+ * its grammar, and the qualifiers of qualified entity names (`Db.T`).
+ */
 function databaseNames(command) {
   const found = [];
   const walk = (node) => {
@@ -437,6 +473,13 @@ function databaseNames(command) {
       const child = node.GetChild(i);
       if (child == null || child.IsToken) continue;
       if (child.Kind === SK.NameReference && node.GetName(i)?.toLowerCase() === 'databasename') found.push(child);
+      // `.show table Db.T policy …`: the binder resolves no name of a command's grammar, so the
+      // qualifier of a qualified entity name (its Expression) is a database name to check;
+      // a longer path is returned as it is (and reported).
+      if (child.Kind === SK.PathExpression) {
+        found.push(child.Expression);
+        continue;
+      }
       walk(child);
     }
   };

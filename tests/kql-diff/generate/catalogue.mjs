@@ -74,10 +74,12 @@ export function catalogue() {
   if (cached) return cached;
   const functions = toArray(K.Functions.All).map((f) => model(f, 'function')).filter((f) => !f.hidden && f.sigs.length);
   const aggregates = toArray(K.Aggregates.All).map((f) => model(f, 'aggregate')).filter((f) => !f.hidden && f.sigs.length);
+  const plugins = toArray(K.PlugIns.All).map((f) => model(f, 'plugin')).filter((f) => f.sigs.length);
   const names = new Set([...functions, ...aggregates].map((f) => f.name));
   const byClass = (cls) => functions.filter((f) => f.cls === cls);
   cached = {
     functions, aggregates, names,
+    plugins: new Map(plugins.map((f) => [f.name, f])),
     scalar: byClass('scalar'), window: byClass('window'), graph: byClass('graph'),
     byName: new Map(functions.map((f) => [f.name, f])),
     aggByName: new Map(aggregates.map((f) => [f.name, f])),

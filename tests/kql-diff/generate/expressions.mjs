@@ -147,7 +147,7 @@ export function expr(ctx, want = 'any', depth = 0) {
 
 /** A predicate for where/filters. */
 export function predicate(ctx, depth = 0) {
-  return depth < 1 && ctx.rng.chance(0.25) ? boolOp(ctx, depth) : expr(ctx, 'bool', 0);
+  return depth < 1 && ctx.rng.chance(0.6) ? boolOp(ctx, depth) : expr(ctx, 'bool', 0);
 }
 
 /** An aggregate call, as {text, type}; `want` restricts the result type. */

@@ -2,7 +2,7 @@
 // returns its text after `|` and leaves ctx.shape as the operator's output.
 
 import { expr, predicate, aggregate, ref, columnOf } from './expressions.mjs';
-import { literal, str, stringValue } from './literals.mjs';
+import { literal, str } from './literals.mjs';
 import { NUMERIC, SCALAR_TYPES } from './schema.mjs';
 import { callOf, pickFn, candidatesFor } from './calls.mjs';
 
@@ -66,7 +66,7 @@ export function summarize(ctx) {
   const out = [];
   for (let i = rng.int(1, 3); i > 0; i--) {
     const a = aggregate(ctx);
-    if (rng.chance(0.75)) {
+    if (rng.chance(0.75) || (i === 1 && !out.length)) {
       const name = newName(ctx);
       aggs.push(`${decl(ctx, name)} = ${a.text}`);
       out.push({ name, type: norm(a.type) });
@@ -74,7 +74,7 @@ export function summarize(ctx) {
   }
   const keys = [];
   if (rng.chance(0.85)) for (let i = rng.int(1, 2); i > 0; i--) keys.push(groupKey(ctx));
-  const hint = rng.chance(0.05) ? `${rng.pick(['hint.shufflekey = ' + ctx.shape[0].name, 'hint.strategy=shuffle', 'hint.num_partitions = 4'])} ` : '';
+  const hint = rng.chance(0.05) ? `${rng.pick(['hint.shufflekey = ' + ref(ctx, ctx.shape[0].name), 'hint.strategy=shuffle', 'hint.num_partitions = 4'])} ` : '';
   const by = keys.length ? ` by ${keys.map((k) => k.text).join(', ')}` : '';
   const keyCols = keys.map((k) => k.col).filter((c, i, a) => a.findIndex((d) => d.name === c.name) === i);
   ctx.shape = merge(keyCols, out);
