@@ -7,6 +7,7 @@
 //! refused for a [`Category`] of reason. What the catalogue does not know is, as a call, a
 //! function of the tenant's own database; after `evaluate` or `set` it is refused.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 /// Where a name appears in a query.
@@ -150,10 +151,45 @@ pub struct Entry {
 const TABLE: &str = include_str!("catalogue.tsv");
 
 struct Catalogue {
-    /// Sorted by kind, then ASCII-lower-cased name, for binary search.
+    /// Sorted by kind, then ASCII-lower-cased name.
     entries: Vec<(Kind, String, Entry)>,
+    /// ASCII-lower-cased name → the index in `entries` of its entry of each kind: one hash
+    /// probe answers for every kind (the guard asks about each identifier of a query).
+    by_name: HashMap<String, [u16; KINDS], NameHash>,
     /// The longest name: anything longer cannot be in the table.
     longest: usize,
+}
+
+/// The number of [`Kind`]s, and the marker of a kind a name does not have.
+const KINDS: usize = 6;
+const ABSENT: u16 = u16::MAX;
+const _: () = assert!(Kind::Internal as usize + 1 == KINDS);
+
+/// FNV-1a, for the short names of the table: hand-written (a dozen lines) because the guard
+/// builds from std alone (the fuzz target and the A/B bench compile its source directly), and
+/// std's SipHash costs more than the lookup it serves; the table's keys are fixed, so hash
+/// flooding is no concern.
+#[derive(Default, Clone, Copy)]
+struct NameHash;
+
+struct Fnv(u64);
+
+impl std::hash::BuildHasher for NameHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 static CATALOGUE: LazyLock<Catalogue> = LazyLock::new(|| {
@@ -164,22 +200,27 @@ static CATALOGUE: LazyLock<Catalogue> = LazyLock::new(|| {
 /// The entry for `name` as a `kind`, compared without regard to ASCII case (Kusto's own
 /// comparison is exact, so this can only find more, never less).
 pub fn lookup(kind: Kind, name: &str) -> Option<&'static Entry> {
+    lookup_first(&[kind], name)
+}
+
+/// The entry for `name` of the first of `kinds` it has (one hash probe for all of them).
+pub fn lookup_first(kinds: &[Kind], name: &str) -> Option<&'static Entry> {
     let catalogue = &*CATALOGUE;
     if name.len() > catalogue.longest {
         return None;
     }
-    // Lower-cased on the stack: the guard asks about every identifier, and allocating for
-    // each would cost more than the search.
+    // Lower-cased on the stack: allocating for each identifier would cost more than the probe.
     let mut buffer = [0u8; 64];
     let lower = &mut buffer[..name.len()];
     lower.copy_from_slice(name.as_bytes());
     lower.make_ascii_lowercase();
     let lower = std::str::from_utf8(lower).ok()?;
-    catalogue
-        .entries
-        .binary_search_by(|(k, key, _)| (*k, key.as_str()).cmp(&(kind, lower)))
-        .ok()
-        .map(|at| &catalogue.entries[at].2)
+    let slots = catalogue.by_name.get(lower)?;
+    kinds
+        .iter()
+        .map(|kind| slots[*kind as usize])
+        .find(|at| *at != ABSENT)
+        .map(|at| &catalogue.entries[usize::from(at)].2)
 }
 
 /// Every entry, in table order (for tests and for the labels of metrics).
@@ -214,7 +255,16 @@ fn parse(table: &'static str) -> Result<Catalogue, String> {
     if longest > 64 {
         return Err("a name is longer than the 64 bytes lookup() compares".into());
     }
-    Ok(Catalogue { entries, longest })
+    let mut by_name: HashMap<String, [u16; KINDS], NameHash> = HashMap::default();
+    for (at, (kind, key, _)) in entries.iter().enumerate() {
+        let at = u16::try_from(at).map_err(|_| "more entries than a u16 counts")?;
+        by_name.entry(key.clone()).or_insert([ABSENT; KINDS])[*kind as usize] = at;
+    }
+    Ok(Catalogue {
+        entries,
+        by_name,
+        longest,
+    })
 }
 
 fn parse_line(line: &'static str) -> Result<Entry, String> {

@@ -84,9 +84,8 @@ impl Policy<'_, '_> {
         let Some(name) = source.name(index) else {
             return Ok(None);
         };
-        let entry = [Kind::Function, Kind::Aggregate, Kind::Internal]
-            .into_iter()
-            .find_map(|kind| catalogue::lookup(kind, &name));
+        let entry =
+            catalogue::lookup_first(&[Kind::Function, Kind::Aggregate, Kind::Internal], &name);
         let Some(entry) = entry else {
             return Ok(None); // a function of the tenant's database, or a `let` function
         };
